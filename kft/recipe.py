@@ -1,0 +1,214 @@
+"""Recipes: named hyperparameters, how to build data and model, and the stages."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import types
+from typing import Any, Callable, Optional, Sequence
+
+from kft.errors import KftError
+
+
+@dataclasses.dataclass
+class Stage:
+    """One phase of a fine-tuning plan: what trains, for how long, how fast.
+
+    Every stage starts from the model as the previous stage left it. Before
+    it trains, everything is frozen and then `train` is unfrozen, so what a
+    stage declares trainable is exactly what trains.
+
+    Args:
+        name: a short name shown in headers, history and plots.
+        epochs: number of epochs of this stage.
+        train: what is trainable: a selection understood by `kft.freeze` /
+            `kft.unfreeze` (`"head"`, `"all"`, `"groups:2"`, `"top:30"`,
+            `"biases"`, a comma-joined union, a callable or selector).
+        lr: base learning rate (peak rate when a schedule is used).
+        optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), `"lion"`, or a
+            callable `lr -> keras.optimizers.Optimizer`.
+        schedule: `None` (constant) or a `kft.schedules` name: `"cosine"`,
+            `"linear"`, `"polynomial"`, `"constant"` (each after `warmup`),
+            `"slanted_triangular"` or `"one_cycle"`.
+        warmup: warmup length for `schedule`: steps (int) or a fraction of the
+            stage's steps (float below 1).
+        layer_decay: layer-wise learning-rate decay per layer group below the
+            top (e.g. 0.9); `None` for one rate everywhere.
+        weight_decay: decoupled weight decay (skips biases and norms).
+        train_bn: also train BatchNormalization layers that `train` leaves
+            frozen, in training mode (fastai's `train_bn`).
+        cache_features: train the head on backbone features computed once
+            when nothing below the head trains or is random. `None` means
+            whenever it is safe.
+        callbacks: extra Keras callbacks for this stage.
+    """
+
+    name: str
+    epochs: int
+    train: Any = "all"
+    lr: float = 1e-3
+    optimizer: Any = "adam"
+    schedule: Optional[str] = None
+    warmup: float = 0.0
+    layer_decay: Optional[float] = None
+    weight_decay: float = 0.0
+    train_bn: bool = False
+    cache_features: Optional[bool] = None
+    callbacks: Sequence[Any] = ()
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A fine-tuning job: hyperparameters, data, model and stages.
+
+    A recipe file is a Python file that defines `recipe = kft.Recipe(...)`.
+    `kft run FILE --set key=value` overrides any entry of `params`; the
+    builders receive the resolved params as an attribute namespace.
+
+    Args:
+        name: the recipe's name; run directories are `runs/<name>-<time>/`.
+        params: named hyperparameters with their defaults. A `data` entry is
+            what `kft run --data PATH` sets.
+        data: `params -> kft.data.images.ImageData` (or any object with
+            `train`, `validation`, `class_names`).
+        model: `(params, data) -> keras.Model`, not compiled.
+        stages: `params -> list of Stage`.
+        metrics: Keras metrics to compile with; the loss is sparse categorical
+            cross-entropy unless `loss` is given.
+        loss: a Keras loss or its name.
+        monitor: the validation metric that picks the best checkpoint.
+        callbacks: `params -> list of Keras callbacks` added to every stage.
+
+    Example:
+    ```python
+    recipe = kft.Recipe(
+        name="flowers",
+        params={"data": "flowers/", "lr": 1e-3},
+        data=lambda p: kft.data.images.load(p.data, image_size=(96, 96)),
+        model=lambda p, data: kft.vision.image_classifier(
+            "mobilenetv3small", len(data.class_names), image_size=96),
+        stages=lambda p: [kft.Stage("head", epochs=2, train="head", lr=p.lr)],
+    )
+    ```
+    """
+
+    name: str
+    params: dict
+    data: Callable
+    model: Callable
+    stages: Callable
+    metrics: Sequence[Any] = ("accuracy",)
+    loss: Any = "sparse_categorical_crossentropy"
+    monitor: str = "val_accuracy"
+    callbacks: Optional[Callable] = None
+
+    def resolve(self, overrides=None, data=None):
+        """Returns the params with `--set` overrides applied, as a namespace.
+
+        Args:
+            overrides: `key=value` strings or a dict of already-typed values.
+            data: the `--data` value, stored as the `data` param.
+        """
+        params = dict(self.params)
+        if isinstance(overrides, dict):
+            pairs = list(overrides.items())
+        else:
+            pairs = [_split_assignment(item) for item in overrides or ()]
+        for key, value in pairs:
+            if key not in params:
+                raise KftError(
+                    f"Unknown hyperparameter {key!r} for recipe {self.name!r}. "
+                    f"Known: {', '.join(sorted(params))}."
+                )
+            params[key] = _convert(key, value, params[key])
+        if data is not None:
+            if "data" not in params:
+                raise KftError(f"Recipe {self.name!r} takes no --data (it has no 'data' param).")
+            params["data"] = data
+        return types.SimpleNamespace(**params)
+
+    def build_stages(self, params):
+        stages = list(self.stages(params))
+        if not stages:
+            raise KftError(f"Recipe {self.name!r} defines no stages.")
+        for stage in stages:
+            if not isinstance(stage, Stage):
+                raise KftError(f"Recipe {self.name!r}: stages must be kft.Stage, got {stage!r}.")
+        return stages
+
+
+def _split_assignment(item):
+    key, sep, value = str(item).partition("=")
+    if not sep or not key.strip():
+        raise KftError(f"--set expects key=value, got {item!r}.")
+    return key.strip(), value.strip()
+
+
+def _convert(key, value, default):
+    """Converts a `--set` string to the type of the param's default."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            lowered = value.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, (list, tuple, dict)):
+            return type(default)(json.loads(value))
+    except ValueError as error:
+        raise KftError(
+            f"--set {key}={value}: expected a {type(default).__name__} "
+            f"like the default {default!r} ({error})."
+        ) from None
+    if default is None and value.lower() in ("none", "null"):
+        return None
+    return value
+
+
+def load(path):
+    """Loads the `recipe` object defined by a recipe file.
+
+    Args:
+        path: path to a Python file that defines `recipe = kft.Recipe(...)`.
+
+    Returns:
+        The `Recipe`.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise KftError(f"Recipe file {path} does not exist.")
+    module_name = "kft_recipe_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except KftError:
+        raise
+    except Exception as error:
+        line = _error_line(error, path)
+        raise KftError(f"Recipe file {path}{line} failed to load: {type(error).__name__}: {error}") from error
+    recipe = getattr(module, "recipe", None)
+    if not isinstance(recipe, Recipe):
+        raise KftError(f"Recipe file {path} must define `recipe = kft.Recipe(...)`.")
+    return recipe
+
+
+def _error_line(error, path):
+    if isinstance(error, SyntaxError):
+        return f", line {error.lineno}"
+    tb = error.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == path:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f", line {line}" if line else ""
