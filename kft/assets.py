@@ -56,7 +56,7 @@ def pypi_package(name, version):
         unpacked = pathlib.Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extractall(unpacked)
-        _publish(unpacked, target)
+        publish_dir(unpacked, target)
     return target
 
 
@@ -92,7 +92,7 @@ def debian_package(name):
         debs = list(pathlib.Path(tmp).glob("*.deb"))
         unpacked = pathlib.Path(tmp) / "unpacked"
         _run(["dpkg", "-x", str(debs[0]), str(unpacked)], f"dpkg -x {debs[0]}")
-        _publish(unpacked, target)
+        publish_dir(unpacked, target)
     return target
 
 
@@ -117,12 +117,18 @@ def npm_package(name, version):
         tarballs = list(pathlib.Path(tmp).glob("*.tgz"))
         with tarfile.open(tarballs[0]) as tarball:
             tarball.extractall(tmp, filter="data")
-        _publish(pathlib.Path(tmp) / "package", target)
+        publish_dir(pathlib.Path(tmp) / "package", target)
     return target
 
 
-def _publish(source, target):
-    """Moves a complete folder into place, so a half-fetch is never seen."""
+def publish_dir(source, target):
+    """Moves a complete folder into place, so a half-written one is never seen.
+
+    Args:
+        source: the finished folder, on the same file system as `target`.
+        target: where it belongs. If another process published it first,
+            theirs is kept.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(source, target)

@@ -1,0 +1,1 @@
+"""Task models built from pretrained backbones, and where their weights come from."""
