@@ -6,6 +6,7 @@ import warnings
 import keras
 
 from kft.errors import KftError
+from kft.models.augmentation import augmentation  # noqa: F401  (kft.vision.augmentation)
 from kft.models.image_preprocessing import ImagePreprocessing
 
 # name -> (keras.applications constructor name, preprocessing mode, extra kwargs).

@@ -1,0 +1,1 @@
+"""Training data: image folders, arrays and TFDS datasets as tf.data pipelines."""
