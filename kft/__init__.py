@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from kft import tensorflow_startup  # noqa: F401  (first: starts TF quietly)
 from kft import data
+from kft import export
 from kft import feature_cache
 from kft import freezing
 from kft import optimizers

@@ -1,4 +1,4 @@
-"""The `kft` command line: run, info and lr-find on recipe files."""
+"""The `kft` command line: run, info, lr-find and export."""
 
 import os
 import sys
@@ -82,6 +82,23 @@ def lr_find(recipe_file, stage, data, overrides, output, steps, start_lr, end_lr
     click.echo(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
                f"{result.valley:.2e} (valley)")
     click.echo(f"Plot: {run_dir.path / 'lr_find.png'}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", "base_dir", required=True, type=click.Path(file_okay=False),
+              help="TF Serving model base folder; the export goes to BASE/NAME/VERSION.")
+@click.option("--name", help="Model name (default: the run's recipe name).")
+@click.option("--version", type=int, help="Version number (default: the next free one).")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Post-training quantization.")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, exists=True),
+              help="The run's recipe, for calibration data (default: RUN_DIR/recipe.py).")
+def export(run_dir, base_dir, name, version, quantize, recipe_file):
+    """Export RUN_DIR's model for TF Serving (raw image bytes or strings in)."""
+    from kft.export import export_run
+
+    export_run(run_dir, base_dir, name=name, version=version, quantize=quantize,
+               recipe=recipe_file)
 
 
 def _load(recipe_file):

@@ -102,6 +102,8 @@ class Recipe:
     loss: Any = "sparse_categorical_crossentropy"
     monitor: str = "val_accuracy"
     callbacks: Optional[Callable] = None
+    # The file the recipe was loaded from (set by `load`); runs keep a copy.
+    source: Optional[str] = dataclasses.field(default=None, repr=False)
 
     def resolve(self, overrides=None, data=None):
         """Returns the params with `--set` overrides applied, as a namespace.
@@ -199,6 +201,7 @@ def load(path):
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, Recipe):
         raise KftError(f"Recipe file {path} must define `recipe = kft.Recipe(...)`.")
+    recipe.source = path
     return recipe
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -51,6 +52,9 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         run_dir = RunDirectory.create(recipe.name, output)
         state = {"epoch": 0, "best": None, "stages": []}
         run_dir.write_json("params.json", vars(params))
+        if recipe.source:
+            # `kft export` rebuilds the run's data from it (int8 calibration).
+            shutil.copyfile(recipe.source, run_dir.path / "recipe.py")
         click.echo(f"Run directory: {run_dir.path}")
 
     keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
@@ -76,6 +80,9 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         report.stage_header(index, len(stages), stage, trainable, model.count_params())
         if not (resumed and model.compiled):
             compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
+            if _gradual(stage):
+                # Slots for every variable that may start training mid-fit.
+                freezing.prepare_optimizer(model)
         resumed = False
         history = _fit_stage(recipe, model, dataset, stage, starts[index], state, run_dir, params)
         metrics = {key: values[-1] for key, values in history.history.items()}
@@ -188,7 +195,7 @@ def _fit_stage(recipe, model, dataset, stage, start, state, run_dir, params):
 
 def _cached_head(model, dataset, stage, params):
     """The model and data to fit: the head on cached features where safe."""
-    if stage.cache_features is False:
+    if stage.cache_features is False or _gradual(stage):
         return model, dataset.train, dataset.validation
     safe, reason = feature_cache.can_cache(model)
     if not safe:
@@ -206,6 +213,10 @@ def _cached_head(model, dataset, stage, params):
     click.echo(f"Nothing below the head trains: backbone features computed once "
                f"({time.time() - began:.0f}s), the head trains on them")
     return head, train, validation
+
+
+def _gradual(stage):
+    return any(isinstance(callback, freezing.GradualUnfreezing) for callback in stage.callbacks)
 
 
 def _steps(dataset):

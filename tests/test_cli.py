@@ -98,6 +98,11 @@ def test_runs_never_overwrite_each_other_and_resume_after_sigkill(image_folder, 
     assert again.returncode == 0, again.stderr[-3000:]
     assert len([path for path in (tmp_path / "out").iterdir() if path.is_dir()]) == 2
 
+    for version in ("1", "2"):
+        exported = kft("export", str(run_dir), "--to", "serving", cwd=tmp_path)
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert (tmp_path / "serving" / "tiny" / version / "saved_model.pb").is_file()
+
 
 @pytest.mark.parametrize(
     "args, message",

@@ -1,0 +1,130 @@
+"""`kft export`: a run directory's final model, published for TF Serving."""
+
+import json
+import pathlib
+import re
+import zipfile
+
+import click
+import keras
+
+from kft.errors import KftError
+from kft.export.serving_export import serving
+
+# RunDirectory names runs `<recipe>-<YYYYmmdd-HHMMSS>[-N]`.
+_RUN_NAME = re.compile(r"^(?P<recipe>.+)-\d{8}-\d{6}(-\d+)?$")
+# A copy of the recipe a run directory may hold; used when none is passed.
+RECIPE_COPY = "recipe.py"
+
+
+def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None):
+    """Exports the final model of a run directory as `to/name/version/`.
+
+    `model.json` records the labels (`labels.json`), the run directory, its
+    hyperparameters (`params.json`) and its final validation metrics
+    (`metrics.json`).
+
+    Args:
+        run_dir: a finished run directory (holding `model.keras`).
+        to: the base folder of TF Serving models.
+        name: the model name; defaults to the run's recipe name.
+        version: a positive integer; `None` takes the next free one.
+        quantize: `None` or `"int8"` (see `kft.export.serving`). The
+            calibration images come from the run's training data and the
+            accuracy before and after from its validation data, rebuilt by
+            the recipe with the run's saved hyperparameters.
+        recipe: with `quantize`, the recipe the run was trained with: a
+            `kft.Recipe` or the path of its file. Defaults to
+            `run_dir/recipe.py` when the run directory holds a copy.
+
+    Returns:
+        The published version folder, a `pathlib.Path`.
+
+    Example:
+    ```python
+    kft.export.export_run("runs/flowers-20250101-120000", "models")
+    # -> models/flowers/1
+    ```
+    """
+    run = pathlib.Path(run_dir)
+    model_file = run / "model.keras"
+    if not model_file.is_file():
+        raise KftError(
+            f"{run} holds no model.keras: pass a finished run directory (the folder "
+            "`kft run` printed); finish an interrupted one with `kft run --resume`."
+        )
+    params = _read_json(run / "params.json", {})
+    labels = _read_json(run / "labels.json", None)
+    metrics = _read_json(run / "metrics.json", {})
+
+    representative = validation = None
+    if quantize:
+        data = _training_data(run, params, recipe)
+        representative, validation = data.train, data.validation
+    model = _load_model(model_file)
+    path = serving(
+        model, to, name=name or _recipe_name(run) or model.name, version=version,
+        labels=labels, quantize=quantize, representative_data=representative,
+        validation_data=validation,
+        metadata={
+            "source": {
+                "run_dir": str(run.resolve()),
+                "model_file": model_file.name,
+                "params": params,
+            },
+            "validation": metrics.get("final", {}),
+        },
+    )
+    click.echo(f"Exported {model_file} to {path}")
+    return path
+
+
+def _read_json(path, default):
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise KftError(
+            f"{path} is not valid JSON ({error}); was the run directory edited?"
+        ) from error
+
+
+def _recipe_name(run):
+    match = _RUN_NAME.match(run.resolve().name)
+    return match.group("recipe") if match else None
+
+
+def _training_data(run, params, recipe):
+    from kft import recipe as recipes
+
+    if recipe is None:
+        copy = run / RECIPE_COPY
+        if not copy.is_file():
+            raise KftError(
+                "quantize='int8' calibrates on the run's training images: pass the "
+                f"recipe the run was trained with (recipe=FILE); {run} holds no copy "
+                f"of it ({RECIPE_COPY})."
+            )
+        recipe = copy
+    if not isinstance(recipe, recipes.Recipe):
+        recipe = recipes.load(recipe)
+    data = recipe.data(recipe.resolve(params))
+    if getattr(data, "train", None) is None:
+        raise KftError(f"Recipe {recipe.name!r} builds no training data to calibrate with.")
+    return data
+
+
+def _load_model(path):
+    # kft's serializable classes register on import; keras-hub's only when
+    # keras-hub is imported, which is slow, so only for models that use it.
+    import kft.layers  # noqa: F401
+    import kft.models.image_preprocessing  # noqa: F401
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if b'"keras_hub' in archive.read("config.json"):
+                import keras_hub  # noqa: F401
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad file.
+        raise KftError(f"Could not load {path}: {error}") from error

@@ -1,0 +1,192 @@
+"""`kft.export.serving`: a Keras classifier as a TF Serving model version."""
+
+import click
+import keras
+
+from kft.errors import KftError
+from kft.export import data_arrays
+from kft.export import model_json
+from kft.export import quantize as quantization
+from kft.export import saved_model
+from kft.export import signatures
+from kft.export import versions
+
+QUANTIZE_MODES = ("int8",)
+# TFLite's guide suggests 100 to 500 calibration examples.
+CALIBRATION_EXAMPLES = 200
+
+
+def serving(model, base_dir, name=None, version=None, labels=None, metadata=None,
+            quantize=None, representative_data=None, validation_data=None):
+    """Exports a classifier for TF Serving as `base_dir/name/version/`.
+
+    The version folder holds a SavedModel (`saved_model.pb`, `variables/`,
+    `assets/`) and `model.json`. It is written under a hidden temporary name
+    and renamed into place when complete, so a polling server never sees a
+    partial version and a failed export leaves none; an existing version is
+    never overwritten.
+
+    Signatures (see `kft.export.signatures`): for an image model,
+    `serving_default` takes encoded JPEG/PNG bytes (`image_bytes`,
+    `tf.string [batch]`) and `predict_images` decoded `[batch, H, W, C]`
+    arrays; for a text model (string input), `serving_default` takes raw
+    strings (`text`). Both return `probabilities`, `class_index` and `label`.
+    The graph holds only TensorFlow ops: serving needs neither kft nor
+    keras-hub. LoRA adapters (kft.peft) are merged into the kernels first.
+
+    Args:
+        model: a `keras.Model` with one image (`(H, W, C)`, uint8 for kft's
+            classifiers) or string input and a `(batch, classes)`
+            probability output. It is not changed.
+        base_dir: the folder TF Serving's model base paths live in.
+        name: the model name (`base_dir/name/`); defaults to `model.name`.
+        version: a positive integer; `None` takes the next free one.
+        labels: class names in output order; defaults to `"0"`, `"1"`, ...
+        metadata: a JSON-ready dict added to `model.json` (its origin,
+            validation metrics, ...).
+        quantize: `None`, or `"int8"`: the SavedModel gets Keras int8
+            weights (`model.quantize("int8")`), and image models also get a
+            full-int8 TFLite file, `model_int8.tflite`, in the version folder.
+            Sizes and accuracies before and after go to `model.json`
+            (`"quantization"`) and are printed.
+        representative_data: with `quantize`, training inputs to calibrate
+            the TFLite file (an array `[N, H, W, C]` or a `tf.data.Dataset`
+            of inputs or `(inputs, labels)`); the first 200 are used.
+            Required for image models.
+        validation_data: with `quantize`, `(inputs, labels)` arrays or a
+            `tf.data.Dataset` of batches, to measure accuracy before and
+            after; without it only sizes are reported.
+
+    Returns:
+        The published version folder, a `pathlib.Path`.
+
+    Example:
+    ```python
+    model = kft.vision.image_classifier("mobilenetv3small", 3, image_size=96)
+    path = kft.export.serving(model, "models", name="flowers",
+                              labels=["daisy", "rose", "tulip"])
+    # models/flowers/1/ ; docker run -v "$PWD/models:/models" ... tensorflow/serving
+    ```
+    """
+    spec = signatures.model_input(model)
+    labels = _labels(labels, model)
+    folder = versions.model_dir(base_dir, name or model.name)
+    versions.check_version(folder, version)
+    calibration, validation = _quantization_data(
+        quantize, spec, representative_data, validation_data
+    )
+
+    float_model, lora_merged = _without_lora(model)
+    export_model, quantized_layers = float_model, None
+    if quantize:
+        export_model = _copy(float_model)
+        quantized_layers = quantization.quantize_int8(export_model)
+
+    reports = []
+
+    def write(path):
+        saved_model.write_saved_model(export_model, labels, path)
+        report = None
+        if quantize:
+            report = quantization.quantization_report(
+                float_model, export_model, labels, path, quantized_layers,
+                calibration=calibration, validation=validation,
+            )
+            reports.append(report)
+        card = model_json.model_card(
+            export_model, folder.name, labels, spec,
+            saved_model.describe_signatures(export_model), metadata=metadata,
+            lora_merged=lora_merged, quantization=report,
+        )
+        model_json.write_model_json(path, card)
+
+    published = versions.publish_version(folder, version, write)
+    for report in reports:
+        click.echo(quantization.format_report(report))
+    return published
+
+
+def _labels(labels, model):
+    classes = model.outputs[0].shape[1]
+    if labels is None:
+        return [str(index) for index in range(classes)]
+    labels = [str(label) for label in labels]
+    if len(labels) != classes:
+        raise KftError(
+            f"{len(labels)} labels for a model with {classes} output classes: "
+            "pass one name per class, in output order."
+        )
+    return labels
+
+
+def _quantization_data(quantize, spec, representative_data, validation_data):
+    if quantize is None:
+        if representative_data is not None or validation_data is not None:
+            raise KftError(
+                "representative_data and validation_data are only used with "
+                "quantize='int8'."
+            )
+        return None, None
+    if quantize not in QUANTIZE_MODES:
+        raise KftError(
+            f"quantize={quantize!r} is not supported; use None or 'int8'."
+        )
+    calibration = None
+    if spec.kind == "image":
+        if representative_data is None:
+            raise KftError(
+                "quantize='int8' needs representative_data: a few hundred training "
+                "images (an array [N, H, W, 3] or a tf.data.Dataset) to calibrate "
+                "the int8 TFLite file."
+            )
+        calibration = data_arrays.input_examples(
+            representative_data, spec, CALIBRATION_EXAMPLES
+        )
+    validation = None
+    if validation_data is not None:
+        validation = data_arrays.labelled_examples(validation_data, spec)
+    return calibration, validation
+
+
+def _without_lora(model):
+    """Returns `(model to export, whether LoRA adapters were merged into it)`."""
+    try:
+        # LoRA lives in kft.peft, a separate part of kft; a build without it
+        # cannot have added LoRA layers through it, so there is nothing to merge.
+        from kft import peft
+    except ImportError:
+        return model, False
+    lora = peft.lora_layers(model)
+    if not lora or any(layer.quantization_mode for _, layer in lora):
+        # A quantized base cannot take a merge (it would quantize the update
+        # again): such adapters are exported unmerged, with the same outputs.
+        return model, False
+    merged = _copy(model)
+    peft.merge(merged, unload=True)
+    return merged, True
+
+
+def _copy(model):
+    """A copy of `model` whose merge and quantization leave `model` as it is.
+
+    Only layers containing `Dense`/`EinsumDense`/`Embedding` layers are
+    rebuilt (with copied weights): merging LoRA and Keras' int8 mode change
+    nothing else. Other layers are shared, which also keeps layers that
+    cannot be rebuilt from their config alone, such as keras-hub tokenizers
+    (their vocabulary is an asset, not config).
+    """
+    def clone(layer):
+        inner = layer._flatten_layers()
+        if not any(isinstance(each, quantization.INT8_LAYERS) for each in inner):
+            return layer
+        return layer.__class__.from_config(layer.get_config())
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+    except Exception as error:  # Keras raises several types here.
+        raise KftError(
+            f"Could not copy model {model.name!r} to merge or quantize it ({error}); "
+            "kft exports functional and Sequential Keras models."
+        ) from error
+    copy.set_weights(model.get_weights())
+    return copy
