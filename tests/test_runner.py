@@ -92,3 +92,17 @@ def test_metrics_and_summary_are_written(run_in_tmp):
     probe = random_images(4)[0]
     np.testing.assert_allclose(saved.predict(probe, verbose=0), result.model.predict(probe, verbose=0),
                                rtol=1e-6)
+
+
+def test_gradual_unfreezing_inside_a_stage_trains_the_backbone_top_down(run_in_tmp):
+    from kft.freezing import GradualUnfreezing
+
+    snapshot = _Snapshot()
+    result = _run([
+        Stage("gradual", epochs=2, train="head", lr=0.05,
+              callbacks=[snapshot, GradualUnfreezing(every_epochs=1, verbose=0)]),
+    ])
+    before, after = snapshot.weights, _weights(result.model)
+    assert not np.array_equal(before["block2_conv/kernel"], after["block2_conv/kernel"])
+    # One unfreeze point: the lowest convolution never trained.
+    np.testing.assert_array_equal(before["block1_conv/kernel"], after["block1_conv/kernel"])

@@ -81,7 +81,8 @@ def layer_groups(model, fallback_groups=4):
     - keras-hub transformer backbones: `embeddings`, one group per transformer
       layer (named like the layer), `pooler` (what follows the last one).
     Anything else is split into `fallback_groups` groups (`group_1`, ...) of
-    equally many weighted layers. The kft head, the top-level `head_*` layers,
+    equally many weighted layers (a normalization layer
+    stays in the group of the layer before it). The kft head, the top-level `head_*` layers,
     is always the last group, `head`. Layers without weights that come before
     the first group (input, augmentation, preprocessing) belong to it; other
     layers without a group of their own belong to the group before them.
@@ -171,12 +172,23 @@ def _names_from_rule(body, backbone, rule):
 
 
 def _even_split(body, num_groups):
-    weighted = [i for i, n in enumerate(body) if n.own_variables]
+    # Normalization layers stay with the layer they normalize (they get no
+    # name here and join the group before them), so a group boundary never
+    # separates a convolution from its BatchNorm.
+    weighted = [i for i, n in enumerate(body)
+                if n.own_variables and not isinstance(n.layer, _NORMALIZATION)]
     num_groups = max(1, min(num_groups, len(weighted)))
     names = [None] * len(body)
     for rank, index in enumerate(weighted):
         names[index] = f"group_{rank * num_groups // len(weighted) + 1}"
     return names
+
+
+_NORMALIZATION = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
 
 
 def _fill_gaps(names, is_input):
