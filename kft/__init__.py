@@ -11,7 +11,9 @@ from kft import data
 from kft import export
 from kft import feature_cache
 from kft import freezing
+from kft import layers
 from kft import optimizers
+from kft import peft
 from kft import schedules
 from kft.errors import KftError
 from kft.freezing import GradualUnfreezing

@@ -209,3 +209,19 @@ def test_keras_hub_backbone_sublayers_freeze_and_train():
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     after = values(model)
     assert {p for p in before if not np.array_equal(before[p], after[p])} == expected
+
+
+def test_unfreezing_everything_keeps_lora_base_kernels_frozen():
+    import keras
+
+    from kft import peft
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head_dense")(hidden))
+    peft.apply_lora(model, targets=["hidden"], rank=2)
+    freeze(model)
+    unfreeze(model, select="all")
+    trainable = {v.path for v in model.trainable_variables}
+    assert "hidden/kernel" not in trainable and "hidden/bias" not in trainable
+    assert any("lora" in path for path in trainable) and "head_dense/kernel" in trainable

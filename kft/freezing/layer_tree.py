@@ -84,6 +84,10 @@ def layer_tree(model):
     def build(layer, path, parent):
         seen_layers.add(id(layer))
         node = LayerNode(path=path, layer=layer, parent=parent)
+        # A LoRA layer's base kernel stays frozen whatever is unfrozen: the
+        # adapters are what trains (merge them to change the base).
+        base = getattr(layer, "base_variables", None)
+        seen_variables.update(id(v) for v in (base() if callable(base) else ()))
         for variable in getattr(layer, "_trainable_variables", []):
             if id(variable) not in seen_variables:
                 seen_variables.add(id(variable))

@@ -1,0 +1,139 @@
+"""Loading `.keras` files whose PEFT layers sit inside keras-hub blocks.
+
+`keras.models.load_model` rebuilds a model from its config. A keras-hub
+`TransformerEncoder` builds its attention and feed-forward sublayers itself,
+as plain `EinsumDense`/`Dense`/`Dropout`, so LoRA projections and bottleneck
+adapters inside it come back plain and their saved weights do not fit.
+kft's layers save a record of themselves with their weights
+(`kft.layers.layer_record`); `load_model` rebuilds the model, puts the
+recorded layers back, then loads the weights. Models whose PEFT layers are
+in functional graphs load with plain `keras.models.load_model` as well.
+"""
+
+import io
+import json
+import zipfile
+
+import h5py
+import keras
+
+from kft.errors import KftError
+from kft.layers import layer_record
+from kft.layers.bottleneck_adapter import BottleneckAdapter
+from kft.layers.lora_adapters import AdapterSpec
+from kft.layers.lora_adapters import LoRAAdapters
+from kft.peft.bottleneck import build_under
+from kft.peft.bottleneck import replace_sublayer
+from kft.peft.lora import _LORA_CLASSES
+from kft.peft.trainable import freeze_base
+from kft.peft.trainable import reset_compiled_functions
+
+_CONFIG = "config.json"
+_WEIGHTS = "model.weights.h5"
+
+
+def load_model(filepath, train_also=None, custom_objects=None, compile=True, safe_mode=True):
+    """`keras.models.load_model` that restores kft PEFT layers in keras-hub blocks.
+
+    After the layers are back, the model is frozen as PEFT leaves it
+    (`freeze_base`: only adapters, soft prompts and `train_also` train; a
+    reloaded keras-hub model would otherwise come back all trainable), then
+    compiled from the saved compile config (so the optimizer has the saved
+    variables) and the weights and optimizer state are loaded.
+
+    Args:
+        filepath: a `.keras` file.
+        train_also: layers that trained fully besides the adapters (the
+            head), as for `apply_lora`.
+        custom_objects, compile, safe_mode: as `keras.models.load_model`.
+
+    Returns:
+        The model.
+
+    Example:
+    ```python
+    classifier.save("tuned.keras")  # LoRA inside BertBackbone blocks
+    classifier = kft.peft.load_model("tuned.keras", train_also=["logits"])
+    ```
+    """
+    try:
+        with zipfile.ZipFile(filepath) as archive:
+            config = json.loads(archive.read(_CONFIG))
+            weights = archive.read(_WEIGHTS)
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise KftError(f"{filepath} is not a readable .keras file ({error}).") from None
+    compile_config = config.pop("compile_config", None)
+    model = keras.saving.deserialize_keras_object(
+        config, custom_objects=custom_objects, safe_mode=safe_mode
+    )
+    records = _records(weights)
+    by_path = {}
+    for layer in model._flatten_layers(include_self=False):
+        by_path.setdefault(layer.path, []).append(layer)
+    for record in records:
+        if record["kind"] == "lora":
+            _restore_lora(_unique(by_path, record["path"]), record)
+        elif record["kind"] == "bottleneck":
+            _restore_bottleneck(_unique(by_path, record["parent"]), record)
+    if records or train_also is not None:
+        freeze_base(model, train_also)
+    if compile and compile_config:
+        # Keras' compile_from_config skips models with a custom compile
+        # (keras-hub tasks); their compile takes the same arguments.
+        model.compile(**keras.saving.deserialize_keras_object(compile_config))
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(filepath)
+    reset_compiled_functions(model)
+    return model
+
+
+def _records(weights):
+    found = []
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset) and name.rsplit("/", 1)[-1] == layer_record.RECORD_KEY:
+            found.append(layer_record.decode(item[()]))
+
+    with h5py.File(io.BytesIO(weights), "r") as h5:
+        h5.visititems(visit)
+    return found
+
+
+def _unique(by_path, path):
+    layers = by_path.get(path, [])
+    if len(layers) != 1:
+        raise KftError(
+            f"The saved model has a kft layer at Keras path '{path}', but the "
+            f"rebuilt model has {len(layers)} layers there; load it where the "
+            "layer paths are unique, or save adapters with kft.peft.save_adapter."
+        )
+    return layers[0]
+
+
+def _restore_lora(layer, record):
+    if isinstance(layer, LoRAAdapters):
+        return  # Rebuilt from its own config already.
+    if type(layer) not in _LORA_CLASSES:
+        raise KftError(
+            f"The saved LoRA layer at '{record['path']}' came back as a "
+            f"{type(layer).__name__}; the model's code changed since saving."
+        )
+    specs = [(n, AdapterSpec.from_config(s)) for n, s in record["adapters"].items()]
+    first_name, first_spec = specs[0]
+    _LORA_CLASSES[type(layer)].convert_in_place(layer, first_name, first_spec)
+    for name, spec in specs[1:]:
+        layer.add_adapter(name, spec)
+    layer.set_active_adapter(record["active_adapter"])
+    # The saved kernel is merged already; the weights restore the DoRA norm.
+    object.__setattr__(layer, "_merged_adapter", record["merged_adapter"])
+    layer._refresh_trainable()
+
+
+def _restore_bottleneck(parent, record):
+    current = getattr(parent, record["attribute"])
+    if isinstance(current, BottleneckAdapter):
+        return
+    adapter = BottleneckAdapter.from_config(record["config"])
+    build_under(record["parent"], adapter, (None, None, record["input_dim"]))
+    adapter.record_insertion(record["parent"], record["attribute"])
+    replace_sublayer(parent, record["attribute"], current, adapter)
