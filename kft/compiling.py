@@ -70,7 +70,7 @@ def _schedule_name(stage):
 
 def stage_learning_rate(stage, steps_per_epoch):
     """The stage's learning rate: a float, or a schedule over its steps."""
-    if not stage.schedule:
+    if _schedule_name(stage) in ("", "none"):
         return float(stage.lr)
     total = max(1, steps_per_epoch * stage.epochs)
     return schedules.from_name(stage.schedule, peak_lr=float(stage.lr), total_steps=total,

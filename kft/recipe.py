@@ -28,7 +28,7 @@ class Stage:
         lr: base learning rate (peak rate when a schedule is used).
         optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), `"lion"`, or a
             callable `lr -> keras.optimizers.Optimizer`.
-        schedule: `None` (constant) or a `kft.schedules` name: `"cosine"`,
+        schedule: `None` or `"none"` (constant) or a `kft.schedules` name: `"cosine"`,
             `"linear"`, `"polynomial"`, `"constant"` (each after `warmup`),
             `"slanted_triangular"` or `"one_cycle"`.
         warmup: warmup length for `schedule`: steps (int) or a fraction of the

@@ -27,6 +27,11 @@ recipe = kft.Recipe(
         finetune_lr=1e-5,
         # Each group below the top trains at this factor of the rate above it.
         layer_decay=0.5,
+        schedule="cosine",
+        warmup=0.1,
+        # Train the head on backbone features computed once, when that is exact
+        # (it is not with augmentation on: the augmentation is random).
+        cache_features=True,
         seed=0,
     ),
     data=lambda p: kft.data.images.load(
@@ -45,7 +50,8 @@ recipe = kft.Recipe(
         augment=kft.vision.augmentation() if p.augment else None,
     ),
     stages=lambda p: [
-        kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr),
+        kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr,
+                  cache_features=None if p.cache_features else False),
         kft.Stage(
             "finetune",
             epochs=p.finetune_epochs,
@@ -54,6 +60,8 @@ recipe = kft.Recipe(
             train=f"groups:{p.unfreeze + 1}",
             lr=p.finetune_lr,
             layer_decay=p.layer_decay,
+            schedule=p.schedule,
+            warmup=p.warmup,
         ),
     ],
 )

@@ -28,6 +28,9 @@ recipe = kft.Recipe(
         unfreeze=2,
         finetune_lr=3e-4,
         layer_decay=0.7,
+        schedule="cosine",
+        warmup=0.1,
+        cache_features=True,
         seed=0,
     ),
     data=lambda p: kft.data.fashion_mnist.image_data(
@@ -45,15 +48,16 @@ recipe = kft.Recipe(
         dropout=p.dropout,
     ),
     stages=lambda p: [
-        kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr),
+        kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr,
+                  cache_features=None if p.cache_features else False),
         kft.Stage(
             "finetune",
             epochs=p.finetune_epochs,
             train=f"groups:{p.unfreeze + 1}",
             lr=p.finetune_lr,
             layer_decay=p.layer_decay,
-            schedule="cosine",
-            warmup=0.1,
+            schedule=p.schedule,
+            warmup=p.warmup,
         ),
     ],
 )

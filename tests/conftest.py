@@ -44,3 +44,15 @@ def run_in_tmp(tmp_path, monkeypatch):
     """Runs the test with tmp_path as working directory (runs/ lands there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_names():
+    """Each test starts with Keras' automatic layer names unused.
+
+    Keras numbers auto-named layers process-wide (`rescaling_1`,
+    `bert_backbone_1`), so without this a test's layer paths would depend on
+    which tests ran before it in the same worker.
+    """
+    keras.backend.clear_session()
+    yield

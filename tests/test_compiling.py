@@ -15,6 +15,11 @@ def test_plain_stage_gets_the_named_optimizer_at_a_constant_rate():
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("schedule", [None, "none", ""])
+def test_no_schedule_means_a_constant_rate(schedule):
+    assert stage_learning_rate(Stage("s", 3, lr=1e-3, schedule=schedule), 20) == 1e-3
+
+
 def test_schedule_spans_the_stage_steps_with_warmup():
     schedule = stage_learning_rate(Stage("s", 3, lr=1e-3, schedule="cosine", warmup=0.1), 20)
     assert isinstance(schedule, schedules.WarmupDecay)

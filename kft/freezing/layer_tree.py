@@ -85,9 +85,11 @@ def layer_tree(model):
         seen_layers.add(id(layer))
         node = LayerNode(path=path, layer=layer, parent=parent)
         # A LoRA layer's base kernel stays frozen whatever is unfrozen: the
-        # adapters are what trains (merge them to change the base).
+        # adapters are what trains (merge them to change the base). Its bias
+        # may train, as with PEFT's bias="all" and BitFit.
         base = getattr(layer, "base_variables", None)
-        seen_variables.update(id(v) for v in (base() if callable(base) else ()))
+        base = base() if callable(base) else ()
+        seen_variables.update(id(v) for v in base if v.name != "bias")
         for variable in getattr(layer, "_trainable_variables", []):
             if id(variable) not in seen_variables:
                 seen_variables.add(id(variable))
