@@ -10,11 +10,11 @@ import warnings
 import click
 import keras
 
+from kft import callbacks as kft_callbacks
 from kft import feature_cache, freezing, report
+from kft.compiling import compile_for_evaluation, compile_stage
 from kft.errors import KftError
 from kft.run_directory import RunDirectory
-from kft import callbacks as kft_callbacks
-from kft.compiling import compile_for_evaluation, compile_stage
 
 
 @dataclasses.dataclass
