@@ -1,12 +1,36 @@
 """Shared fixtures: a tiny image model in kft's layout, and quiet TensorFlow."""
 
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
 import pytest
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(source, timeout=300):
+    """Runs Python `source` in a fresh process from the repository root.
+
+    For checks that must configure TensorFlow before it starts (two logical
+    CPUs for MirroredStrategy), leaving the test process untouched. Fails the
+    test with the script's output when it exits non-zero.
+
+    Returns:
+        The `subprocess.CompletedProcess`.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", source], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
 
 
 def tiny_image_model(num_classes=3, image_size=16, name="tiny"):

@@ -7,8 +7,6 @@ of the variables that were already training are carried over, not reset.
 
 import contextlib
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -25,6 +23,7 @@ from tests.freezing_models import tiny_data
 from tests.freezing_models import tiny_text_classifier
 from tests.freezing_models import tiny_text_data
 from tests.freezing_models import values
+from tests.conftest import run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -260,9 +259,5 @@ _STRATEGY_SCRIPT = textwrap.dedent(
 def test_mirrored_strategy_on_two_logical_cpus():
     # Logical devices must be configured before TensorFlow initialises, so
     # this runs in its own process and leaves the test process untouched.
-    script = _STRATEGY_SCRIPT.format(repo=REPO)
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    result = run_script(_STRATEGY_SCRIPT.format(repo=REPO))
     assert "STRATEGY CHECKS PASSED" in result.stdout

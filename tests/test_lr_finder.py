@@ -1,8 +1,5 @@
 """Tests of kft.lr_finder: the sweep, its suggestions, and a model left as it was."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -17,6 +14,7 @@ from kft.optimizers import LayerwiseLR
 from kft.schedules import OneCycle
 from tests.conftest import random_images
 from tests.conftest import tiny_image_model
+from tests.conftest import run_script
 
 
 def dataset(count=48, batch_size=8):
@@ -184,15 +182,6 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_sweep_under_mirrored_strategy_restores_state_and_averages_losses():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(MIRRORED_SCRIPT)
     ratio = float(result.stdout.split("ratio")[-1])
     assert 0.75 < ratio < 1.33

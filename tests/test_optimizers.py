@@ -1,9 +1,6 @@
 """Tests of kft.optimizers.LayerwiseLR: exact per-variable rates and decay."""
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -15,6 +12,7 @@ from kft.errors import KftError
 from kft.optimizers import LayerwiseLR
 from kft.schedules import OneCycle
 from kft.schedules import WarmupDecay
+from tests.conftest import run_script
 
 X = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(32, 3)).astype("float32")
@@ -433,16 +431,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_exact_rates_under_mirrored_strategy_and_jit_compile():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(DISTRIBUTED_SCRIPT)
     lines = result.stdout.split("\n")
     assert "replicas 2" in lines
     assert "mirrored True" in lines
