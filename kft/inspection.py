@@ -1,10 +1,9 @@
 """`kft info`: a recipe's layer groups and what each stage trains."""
 
-import math
-
 import click
 
 from kft import freezing
+from kft.runner import apply_stage_trainable
 
 
 def describe(recipe, params):
@@ -22,14 +21,11 @@ def describe(recipe, params):
     click.secho(f"\nModel {model.name!r}: {total:,} parameters", bold=True)
     click.secho("Layer groups (input to output):", bold=True)
     for group in freezing.layer_groups(model):
-        count = sum(math.prod(v.shape) for v in group.variables)
-        click.echo(f"  {group.name:<24} {len(group.layers):>4} layers  {count:>12,} params")
+        click.echo(f"  {group.name:<24} {len(group.layers):>4} layers  {group.num_params:>12,} params")
 
     click.secho("Stages:", bold=True)
     for index, stage in enumerate(stages):
-        freezing.freeze(model)
-        freezing.unfreeze(model, select=stage.train, train_bn=stage.train_bn)
-        trainable = sum(math.prod(v.shape) for v in model.trainable_variables)
+        trainable = apply_stage_trainable(model, stage)
         click.echo(
             f"  {index + 1}. {stage.name:<12} {stage.epochs} epoch(s), lr {stage.lr:g}, "
             f"trains {stage.train!r}: {trainable:,} of {total:,} "

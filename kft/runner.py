@@ -1,7 +1,6 @@
 """Runs a recipe stage by stage into a run directory, and resumes it."""
 
 import dataclasses
-import math
 import shutil
 import sys
 import time
@@ -14,6 +13,7 @@ from kft import callbacks as kft_callbacks
 from kft import feature_cache, freezing, report
 from kft.compiling import compile_for_evaluation, compile_stage
 from kft.errors import KftError
+from kft.freezing.layer_tree import count_params
 from kft.run_directory import RunDirectory
 
 
@@ -76,7 +76,7 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         if state["epoch"] >= end:
             continue
         began = time.time()
-        trainable = _apply_trainable(model, stage)
+        trainable = apply_stage_trainable(model, stage)
         report.stage_header(index, len(stages), stage, trainable, model.count_params())
         if not (resumed and model.compiled):
             compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
@@ -115,7 +115,7 @@ def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=N
     keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
     dataset = recipe.data(params)
     model = recipe.model(params, dataset)
-    _apply_trainable(model, stage)
+    apply_stage_trainable(model, stage)
     compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
     run_dir = RunDirectory.create(f"{recipe.name}-lr-find", output)
     run_dir.write_json("params.json", vars(params))
@@ -157,14 +157,15 @@ def _stage_starts(stages):
     return starts
 
 
-def _apply_trainable(model, stage):
+def apply_stage_trainable(model, stage):
+    """Freezes everything, unfreezes what `stage` trains; returns the count."""
     with warnings.catch_warnings():
         # kft warns about variables a compiled optimizer does not know; the
         # stage compiles a new optimizer right after this.
         warnings.filterwarnings("ignore", message=".*unknown to the model's optimizer")
         freezing.freeze(model)
         freezing.unfreeze(model, select=stage.train, train_bn=stage.train_bn)
-    return sum(math.prod(v.shape) for v in model.trainable_variables)
+    return count_params(model.trainable_variables)
 
 
 def _fit_stage(recipe, model, dataset, stage, start, state, run_dir, params):
