@@ -63,6 +63,14 @@ def random_images(count, image_size=16, num_classes=3, seed=0):
     return np.clip(base + noise, 0, 255).astype("uint8"), labels.astype("int32")
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny random keras-hub BERT preset folder (see tests/text_models.py)."""
+    from tests.text_models import write_tiny_bert_preset
+
+    return write_tiny_bert_preset(tmp_path_factory.mktemp("tiny_bert"))
+
+
 @pytest.fixture
 def run_in_tmp(tmp_path, monkeypatch):
     """Runs the test with tmp_path as working directory (runs/ lands there)."""
