@@ -8,6 +8,7 @@ import pytest
 from kft.errors import KftError
 from kft.models import text_presets
 from kft.models.vocabulary import add_tokens
+from tests.text_models import VOCABULARY
 
 PLAIN = ["the movie was great", "bad food and awful service"]
 
@@ -48,6 +49,11 @@ def test_marker_and_plain_word_become_single_tokens(tiny_bert_dir):
     # A longer word starting with the new one keeps it whole as well.
     assert _ids(tokenizer, "goodlys") == [ids["goodly"], tokenizer.token_to_id("##s")]
 
+    # A second call adds to the first; the earlier tokens stay whole.
+    code = add_tokens(model, ["[CODE]"])["[CODE]"]
+    assert code == size
+    assert _ids(tokenizer, "[CODE] [PROTEIN]") == [code, ids["[PROTEIN]"]]
+
 
 def test_matrix_grows_with_old_rows_unchanged_and_new_rows_the_mean(tiny_bert_dir):
     model = _classifier(tiny_bert_dir)
@@ -86,12 +92,13 @@ def test_outputs_without_new_tokens_stay_and_traced_predict_sees_the_new_rows(ti
 
     add_tokens(model, ["[PROTEIN]", "goodly"])
 
-    # predict tokenizes in tf.data (the TensorFlow path), _logits eagerly (the
-    # Python path): both must see the new tokens and the new rows.
-    new = ["the [PROTEIN] was goodly"]
-    after = model.predict(PLAIN + new, verbose=0)
-    np.testing.assert_allclose(after[: len(PLAIN)], before, atol=1e-6)
-    np.testing.assert_allclose(after[len(PLAIN):], _logits(model, new), atol=1e-6)
+    # Same batch shape as before, so Keras reuses the traced function unless
+    # add_tokens dropped it. predict tokenizes in tf.data (the TensorFlow
+    # path), _logits eagerly (the Python path): both must see the new token.
+    new = "the [PROTEIN] was goodly"
+    after = model.predict([PLAIN[0], new], verbose=0)
+    np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+    np.testing.assert_allclose(after[1], _logits(model, [new])[0], atol=1e-6)
 
 
 def test_fit_trains_new_rows_and_a_saved_model_keeps_the_vocabulary(tiny_bert_dir, tmp_path):
@@ -99,7 +106,9 @@ def test_fit_trains_new_rows_and_a_saved_model_keeps_the_vocabulary(tiny_bert_di
     model.compile(
         optimizer=keras.optimizers.Adam(0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=False,
+        # Tracing the train step costs ~12 s of CPU here; the traced path after
+        # add_tokens is covered by the predict test above.
+        run_eagerly=True,
     )
     ids = add_tokens(model, ["[PROTEIN]", "goodly"], init="pieces")
     initial = _matrix(model)
@@ -122,29 +131,37 @@ def test_fit_trains_new_rows_and_a_saved_model_keeps_the_vocabulary(tiny_bert_di
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("tokens, message", [
-    (["movie"], "already in the vocabulary"),
-    (["[PROTEIN]", "[PROTEIN]"], "given twice"),
-    (["Kinase"], "add 'kinase'"),
-    (["##ase"], "suffix piece"),
-    ([""], "non-empty"),
-])
-def test_bad_tokens_raise_and_leave_the_model_unchanged(tiny_bert_dir, tokens, message):
+def test_bad_tokens_raise_and_leave_the_model_unchanged(tiny_bert_dir):
     model = _classifier(tiny_bert_dir)
     before = _matrix(model)
-
-    with pytest.raises(KftError, match=message):
-        add_tokens(model, tokens)
+    cases = [
+        (["movie"], "already in the vocabulary"),
+        (["[PROTEIN]", "[PROTEIN]"], "given twice"),
+        (["Kinase"], "add 'kinase'"),
+        (["##ase"], "suffix piece"),
+        ([""], "non-empty"),
+        (["kinase"], "init='zeros'"),
+    ]
+    for tokens, message in cases:
+        init = "zeros" if message.startswith("init") else "mean"
+        with pytest.raises(KftError, match=message):
+            add_tokens(model, tokens, init=init)
 
     np.testing.assert_array_equal(_matrix(model), before)
     assert model.preprocessor.tokenizer.vocabulary_size() == len(before)
+    assert not model.preprocessor.tokenizer.special_tokens_in_strings
 
 
-def test_unknown_init_and_a_built_optimizer_raise(tiny_bert_dir):
+def test_a_marker_the_tokenizer_would_strip_accents_from_raises(tiny_bert_dir):
     model = _classifier(tiny_bert_dir)
-    with pytest.raises(KftError, match="init='zeros'"):
-        add_tokens(model, ["kinase"], init="zeros")
+    model.preprocessor.tokenizer.strip_accents = True
+    with pytest.raises(KftError, match="strips accents"):
+        add_tokens(model, ["[CAFÉ]"])
+    assert add_tokens(model, ["[CAFE]"])
 
+
+def test_a_built_optimizer_raises_and_a_new_one_works(tiny_bert_dir):
+    model = _classifier(tiny_bert_dir)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
     with pytest.raises(KftError, match="compile again with a new optimizer"):
@@ -152,6 +169,31 @@ def test_unknown_init_and_a_built_optimizer_raise(tiny_bert_dir):
 
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     assert add_tokens(model, ["kinase"]) == {"kinase": model.backbone.vocabulary_size - 1}
+
+
+def test_distil_bert_classifier_grows_its_nested_token_embedding(tmp_path):
+    tokenizer = keras_hub.models.DistilBertTokenizer(vocabulary=VOCABULARY, lowercase=True)
+    backbone = keras_hub.models.DistilBertBackbone(
+        vocabulary_size=len(VOCABULARY), num_layers=1, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, max_sequence_length=16,
+    )
+    model = keras_hub.models.DistilBertTextClassifier(
+        backbone, num_classes=2,
+        preprocessor=keras_hub.models.DistilBertTextClassifierPreprocessor(
+            tokenizer, sequence_length=16),
+    )
+    text = ["the [PROTEIN] was good"]
+    before = _logits(model, PLAIN)
+
+    ids = add_tokens(model, ["[PROTEIN]"])
+
+    assert _ids(tokenizer, text[0])[1] == ids["[PROTEIN]"] == len(VOCABULARY)
+    assert _matrix(model).shape[0] == len(VOCABULARY) + 1
+    np.testing.assert_allclose(_logits(model, PLAIN), before, atol=1e-6)
+    path = tmp_path / "distil_bert.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(_logits(loaded, text), _logits(model, text), atol=1e-6)
 
 
 def test_byte_pair_tokenizer_is_not_supported():

@@ -134,6 +134,12 @@ def _token_embedding(model, tokenizer):
             "add_tokens cannot grow a quantized or LoRA-enabled token embedding; "
             "add the tokens before quantizing or applying LoRA."
         )
+    if getattr(backbone, "vocabulary_size", None) != embedding.input_dim:
+        # The backbone rebuilds its embedding from this on load.
+        raise KftError(
+            f"add_tokens needs a backbone that records its vocabulary_size; "
+            f"{type(backbone).__name__} does not."
+        )
     if not getattr(embedding, "tie_weights", True):
         raise KftError(
             "add_tokens supports token embeddings whose output projection is tied "
@@ -189,6 +195,12 @@ def _is_special(tokenizer, token):
         tokenizer.split_on_cjk,
     )
     if len(words) > 1:
+        if tokenizer.strip_accents and pretokenize_python(token, split=False) != [token]:
+            # Accents go before special tokens are matched: it would never match.
+            raise KftError(
+                f"add_tokens: the tokenizer strips accents before matching special "
+                f"tokens, so {token!r} would never match; give it without accents."
+            )
         return True
     if words != [token]:
         raise KftError(
