@@ -54,6 +54,11 @@ def test_marker_and_plain_word_become_single_tokens(tiny_bert_dir):
     assert code == size
     assert _ids(tokenizer, "[CODE] [PROTEIN]") == [code, ids["[PROTEIN]"]]
 
+    # Special tokens match longest first and case-sensitively.
+    il6 = add_tokens(model, ["IL-6", "IL-6R"])
+    assert _ids(tokenizer, "IL-6R IL-6")[:2] == [il6["IL-6R"], il6["IL-6"]]
+    assert il6["IL-6"] not in _ids(tokenizer, "il-6")
+
 
 def test_matrix_grows_with_old_rows_unchanged_and_new_rows_the_mean(tiny_bert_dir):
     model = _classifier(tiny_bert_dir)

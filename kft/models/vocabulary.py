@@ -27,10 +27,9 @@ def add_tokens(model, tokens, init="mean"):
     """Adds `tokens` to a keras-hub text task's vocabulary as single tokens.
 
     Works in place on a task whose preprocessor has a WordPiece tokenizer
-    (BERT, DistilBERT, ELECTRA and other BERT-family models; for example
-    `keras_hub.models.BertTextClassifier`). Call it before compiling or with a
-    freshly compiled model; the new embedding rows train whenever the token
-    embedding does.
+    (the BERT family: `keras_hub.models.BertTextClassifier`,
+    `DistilBertTextClassifier`, ...). Call it before the first `fit`, compiled
+    or not; the new embedding rows train whenever the token embedding does.
 
     How each token becomes one token:
 
@@ -51,7 +50,7 @@ def add_tokens(model, tokens, init="mean"):
     Args:
         model: a keras-hub task (`keras_hub.models.Task`) with its
             preprocessor attached and a backbone with a `token_embedding`.
-        tokens: the new tokens, strings not yet in the vocabulary. A plain
+        tokens: a token or a list of tokens not yet in the vocabulary. A plain
             word must be given as the tokenizer sees it (lowercase for an
             uncased model).
         init: how new rows start. `"mean"`: the mean of all existing rows.
@@ -82,8 +81,9 @@ def add_tokens(model, tokens, init="mean"):
     tokenizer = _word_piece_tokenizer(model)
     embedding = _token_embedding(model, tokenizer)
     _check_optimizer_not_built(model)
-    tokens = list(tokens) if not isinstance(tokens, str) else [tokens]
-    special = [_is_special(tokenizer, token) for token in _check_new(tokenizer, tokens)]
+    tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+    _check_new(tokenizer, tokens)
+    special = [_is_special(tokenizer, token) for token in tokens]
 
     old_size = tokenizer.vocabulary_size()
     pieces = [_old_pieces(tokenizer, token, init) for token in tokens]
@@ -93,7 +93,7 @@ def add_tokens(model, tokens, init="mean"):
     specials += [token for token, is_special in zip(tokens, special) if is_special]
     if len(specials) > len(tokenizer._init_special_tokens or []):
         # The split pattern tries the alternatives in order: longest first so
-        # "[GENE_ID]" is not cut at a shorter token "[GENE]".
+        # "IL-6R" is not cut after the shorter token "IL-6".
         tokenizer._init_special_tokens = sorted(specials, key=len, reverse=True)
         tokenizer.special_tokens_in_strings = True
     tokenizer.set_vocabulary(tokenizer.get_vocabulary() + tokens)
@@ -185,7 +185,6 @@ def _check_new(tokenizer, tokens):
                 f"add_tokens: {token!r} is a WordPiece suffix piece; add whole "
                 "words or marker tokens instead."
             )
-    return tokens
 
 
 def _is_special(tokenizer, token):
