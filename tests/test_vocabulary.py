@@ -209,10 +209,8 @@ def test_byte_pair_tokenizer_is_not_supported():
         vocabulary_size=len(vocabulary), num_layers=1, num_heads=1, hidden_dim=4,
         intermediate_dim=8, max_sequence_length=8,
     )
-    model = keras_hub.models.RobertaTextClassifier(
-        backbone, num_classes=2,
-        preprocessor=keras_hub.models.RobertaTextClassifierPreprocessor(tokenizer, sequence_length=8),
-    )
+    preprocessor = keras_hub.models.RobertaTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    model = keras_hub.models.RobertaTextClassifier(backbone, 2, preprocessor=preprocessor)
     with pytest.raises(KftError, match="WordPiece.*RobertaTokenizer"):
         add_tokens(model, ["[PROTEIN]"])
 
