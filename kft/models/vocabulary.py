@@ -63,11 +63,12 @@ def add_tokens(model, tokens, init="mean"):
         A dict from each new token to its id.
 
     Raises:
-        KftError: the model has no WordPiece tokenizer or no token embedding,
-            its optimizer already holds state for the old matrix, a token is
-            already in the vocabulary, repeated, empty, a `##` suffix piece,
-            or a plain word the tokenizer would lowercase or strip, or `init`
-            is unknown.
+        KftError: the model has no WordPiece tokenizer, or no tied, unquantized
+            token embedding matching it; its optimizer already holds state for
+            the old matrix; a token is already in the vocabulary, repeated,
+            empty, a `##` suffix piece, or would never match because the
+            tokenizer lowercases or strips accents first; `init` is unknown.
+            Nothing is changed when it raises.
 
     Example:
     ```python
