@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from kft import tensorflow_startup  # noqa: F401  (first: starts TF quietly)
 from kft import data
+from kft import evaluation
 from kft import export
 from kft import feature_cache
 from kft import freezing
@@ -23,6 +24,7 @@ from kft.freezing import layer_groups
 from kft.freezing import prepare_optimizer
 from kft.freezing import unfreeze
 from kft.lr_finder import find_lr
+from kft.models import text
 from kft.models import vision
 from kft.recipe import Recipe
 from kft.recipe import Stage

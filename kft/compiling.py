@@ -31,12 +31,14 @@ def compile_stage(model, recipe, stage, steps_per_epoch):
         optimizer=stage_optimizer(model, stage, steps_per_epoch),
         loss=recipe.loss,
         metrics=list(recipe.metrics),
+        jit_compile=recipe.jit_compile,
     )
 
 
 def compile_for_evaluation(model, recipe):
     """Compiles `model` with the recipe's loss and metrics, to evaluate it."""
-    model.compile(optimizer="adam", loss=recipe.loss, metrics=list(recipe.metrics))
+    model.compile(optimizer="adam", loss=recipe.loss, metrics=list(recipe.metrics),
+                  jit_compile=recipe.jit_compile)
 
 
 def stage_optimizer(model, stage, steps_per_epoch):

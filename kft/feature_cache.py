@@ -26,6 +26,8 @@ import tensorflow as tf
 
 from kft.errors import KftError
 from kft.freezing.groups import HEAD_PREFIX
+from kft.freezing.groups import head_layers
+from kft.freezing.groups import is_keras_hub_task
 from kft.freezing.layer_tree import is_batch_norm
 from kft.freezing.layer_tree import layer_tree
 
@@ -169,6 +171,24 @@ def cache_features(feature_model, dataset, shuffle=False, seed=None, batch_size=
     return cached.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def preprocessed(model, dataset):
+    """`dataset` as `model`'s layers take it.
+
+    A keras-hub task applies its preprocessor (tokenizer, packer) to the
+    data in `fit`/`predict`, outside its layer graph; the feature model of
+    `split_at_head` is part of that graph, so its data must be preprocessed
+    first. Other models take the dataset as it is.
+
+    Args:
+        model: the full model.
+        dataset: batches of `(inputs, labels[, sample_weights])`.
+    """
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None or not is_keras_hub_task(model):
+        return dataset
+    return dataset.map(lambda *batch: preprocessor(*batch), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 # One traced function per feature model, shared by the training and the
 # validation pass; traced once for any batch size (last batches are smaller).
 _EXTRACTORS = weakref.WeakKeyDictionary()
@@ -205,7 +225,7 @@ def _split_layers(model):
     """Top-level layers below the split point, and the head layers after it."""
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
         raise KftError(f"model {model.name!r} is not a functional Keras model.")
-    head = [l for l in model.layers if l.name.startswith(HEAD_PREFIX)]
+    head = head_layers(model)
     if not head:
         names = ", ".join(l.name for l in model.layers)
         raise KftError(

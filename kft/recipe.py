@@ -79,6 +79,13 @@ class Recipe:
         loss: a Keras loss or its name.
         monitor: the validation metric that picks the best checkpoint.
         callbacks: `params -> list of Keras callbacks` added to every stage.
+        baseline: `"linear_probe"` to also train a new head on the frozen
+            pretrained model before the stages and report it next to the
+            fine-tuned result (`kft.evaluation.linear_probe`), or `None`; or
+            `params -> either`.
+        jit_compile: `model.compile`'s `jit_compile` for every stage: `"auto"`
+            (Keras' choice), `True` or `False` (XLA compilation of a
+            transformer can take longer than a short run on CPU).
 
     Example:
     ```python
@@ -102,6 +109,8 @@ class Recipe:
     loss: Any = "sparse_categorical_crossentropy"
     monitor: str = "val_accuracy"
     callbacks: Optional[Callable] = None
+    baseline: Any = None
+    jit_compile: Any = "auto"
     # The file the recipe was loaded from (set by `load`); runs keep a copy.
     source: Optional[str] = dataclasses.field(default=None, repr=False)
 
@@ -129,6 +138,15 @@ class Recipe:
                 raise KftError(f"Recipe {self.name!r} takes no --data (it has no 'data' param).")
             params["data"] = data
         return types.SimpleNamespace(**params)
+
+    def baseline_for(self, params):
+        """The baseline to report for `params`: `"linear_probe"` or `None`."""
+        name = self.baseline(params) if callable(self.baseline) else self.baseline
+        if name not in (None, False, "none", "linear_probe"):
+            raise KftError(
+                f"Recipe {self.name!r}: baseline must be 'linear_probe' or None, got {name!r}."
+            )
+        return "linear_probe" if name == "linear_probe" else None
 
     def build_stages(self, params):
         stages = list(self.stages(params))

@@ -10,7 +10,7 @@ import click
 import keras
 
 from kft import callbacks as kft_callbacks
-from kft import feature_cache, freezing, report
+from kft import evaluation, feature_cache, freezing, peft, report
 from kft.compiling import compile_for_evaluation, compile_stage
 from kft.errors import KftError
 from kft.freezing.layer_tree import count_params
@@ -64,10 +64,13 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
     resumed = state["epoch"] > 0 and run_dir.last_checkpoint.is_file()
     if resumed:
         # Compiled, so the optimizer's moments and step count carry on.
-        model = keras.saving.load_model(run_dir.last_checkpoint)
+        # kft.peft.load_model also restores PEFT layers inside keras-hub blocks.
+        model = peft.load_model(run_dir.last_checkpoint)
     else:
         model = recipe.model(params, dataset)
     run_dir.write_json("labels.json", list(dataset.class_names))
+    if recipe.baseline_for(params) and not (run_dir.path / "baseline.json").is_file():
+        _linear_probe(recipe, model, dataset, params, run_dir)
 
     starts = _stage_starts(stages)
     stage_rows = list(state["stages"])
@@ -128,6 +131,22 @@ def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=N
     return result, run_dir
 
 
+def _linear_probe(recipe, model, dataset, params, run_dir):
+    """Reports a new head trained on the frozen pretrained model (the baseline)."""
+    began = time.time()
+    click.secho("\n== Baseline: linear probe on the frozen pretrained model ==", bold=True)
+    reports = evaluation.linear_probe(model, dataset, loss=recipe.loss,
+                                      seed=int(getattr(params, "seed", 0)))
+    for name, result in reports.items():
+        click.echo(f"{name}: accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f}")
+    click.echo(f"({time.time() - began:.0f}s)")
+    run_dir.write_json("baseline.json", {
+        "kind": "linear_probe",
+        "seconds": time.time() - began,
+        **{name: result.as_dict() for name, result in reports.items()},
+    })
+
+
 def _drop_unfinished_history(run_dir, epochs_done):
     """Drops history rows of epochs that the checkpoint does not include."""
     if not run_dir.history.is_file():
@@ -141,7 +160,10 @@ def _report_data(dataset):
     skipped = list(getattr(dataset, "skipped", []) or [])
     counts = ""
     if hasattr(dataset, "num_train"):
-        counts = f": {dataset.num_train} training, {dataset.num_validation} validation images"
+        counts = f": {dataset.num_train} training, {dataset.num_validation} validation"
+        if getattr(dataset, "num_test", 0):
+            counts += f", {dataset.num_test} test"
+        counts += " examples"
     click.echo(f"Data{counts}, {len(dataset.class_names)} classes")
     if skipped:
         shown = ", ".join(str(path) for path in skipped[:3])
@@ -188,6 +210,7 @@ def _fit_stage(recipe, model, dataset, stage, start, state, run_dir, params):
         initial_epoch=state["epoch"],
         epochs=start + stage.epochs,
         callbacks=callbacks,
+        class_weight=getattr(dataset, "class_weight", None),
         # The pipeline reshuffles itself each epoch.
         shuffle=False,
         verbose=_verbosity(),
@@ -207,13 +230,33 @@ def _cached_head(model, dataset, stage, params):
     features, head = feature_cache.split_at_head(model)
     feature_cache.compile_head(head, model)
     seed = int(getattr(params, "seed", 0))
-    train = feature_cache.cache_features(features, dataset.train, shuffle=True, seed=seed)
+    train = feature_cache.cache_features(
+        features, feature_cache.preprocessed(model, dataset.train), shuffle=True, seed=seed)
     validation = None
     if dataset.validation is not None:
-        validation = feature_cache.cache_features(features, dataset.validation)
+        validation = feature_cache.cache_features(
+            features, feature_cache.preprocessed(model, dataset.validation))
     click.echo(f"Nothing below the head trains: backbone features computed once "
                f"({time.time() - began:.0f}s), the head trains on them")
     return head, train, validation
+
+
+def _held_out(dataset):
+    sets = {"validation": dataset.validation, "test": getattr(dataset, "test", None)}
+    return {name: data for name, data in sets.items() if data is not None}
+
+
+def _classification_reports(model, dataset, held_out, run_dir):
+    """Per-class reports of the held-out sets; the confusion matrix of the last."""
+    reports = {}
+    multi_label = bool(getattr(dataset, "multi_label", False))
+    for name, data in held_out.items():
+        reports[name] = evaluation.evaluate(model, data, dataset.class_names, multi_label)
+    if reports and not multi_label:
+        name, last = list(reports.items())[-1]
+        evaluation.plot_confusion_matrix(
+            last, run_dir.path / "confusion_matrix.png", title=f"Confusion matrix ({name})")
+    return reports
 
 
 def _gradual(stage):
@@ -235,11 +278,19 @@ def _verbosity():
 def _finish(recipe, model, dataset, stages, starts, stage_rows, state, run_dir):
     run_dir.save_model(model, run_dir.final_model)
     metrics = {"final": {}, "best": {recipe.monitor: state.get("best")}, "stages": stage_rows}
-    if dataset.validation is not None:
-        if not model.compiled:
-            compile_for_evaluation(model, recipe)
-        values = model.evaluate(dataset.validation, verbose=0, return_dict=True)
-        metrics["final"] = {f"val_{key}": float(value) for key, value in values.items()}
+    held_out = _held_out(dataset)
+    if held_out and not model.compiled:
+        compile_for_evaluation(model, recipe)
+    prefixes = {"validation": "val_", "test": "test_"}
+    for name, data in held_out.items():
+        values = model.evaluate(data, verbose=0, return_dict=True)
+        metrics["final"].update({f"{prefixes[name]}{key}": float(v) for key, v in values.items()})
+    reports = _classification_reports(model, dataset, held_out, run_dir)
+    if reports:
+        metrics["evaluation"] = {name: r.as_dict() for name, r in reports.items()}
+    baseline = run_dir.path / "baseline.json"
+    if baseline.is_file():
+        metrics["baseline"] = run_dir.read_json("baseline.json")
     run_dir.write_json("metrics.json", metrics)
     report.plot_curves(
         run_dir.history,
@@ -250,6 +301,16 @@ def _finish(recipe, model, dataset, stages, starts, stage_rows, state, run_dir):
     click.echo(report.summary_table(stage_rows))
     if metrics["final"]:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items())
-        click.echo(f"Final validation: {shown}")
+        click.echo(f"Final: {shown}")
+    for name, result in reports.items():
+        click.secho(f"\n{name.capitalize()} set", bold=True)
+        click.echo(result.format())
+        if "baseline" in metrics and name in metrics["baseline"]:
+            probe = metrics["baseline"][name]
+            click.echo(
+                f"Linear probe (frozen pretrained model): accuracy {probe['accuracy']:.4f}, "
+                f"macro F1 {probe['macro_f1']:.4f}; fine-tuned: accuracy "
+                f"{result.accuracy:.4f}, macro F1 {result.macro_f1:.4f}"
+            )
     click.echo(f"Results in {run_dir.path}")
     return RunResult(run_dir=run_dir, model=model, metrics=metrics)

@@ -1,4 +1,6 @@
-"""Training data: image folders, arrays and TFDS datasets as tf.data pipelines."""
+"""Training data: images and texts from folders, files, TFDS and arrays, as tf.data pipelines."""
 
 from kft.data import fashion_mnist
 from kft.data import images
+from kft.data import sentiment_sentences
+from kft.data import text

@@ -125,6 +125,11 @@ def _load_model(path):
         with zipfile.ZipFile(path) as archive:
             if b'"keras_hub' in archive.read("config.json"):
                 import keras_hub  # noqa: F401
-        return keras.saving.load_model(path, compile=False)
+        # kft.peft.load_model: LoRA and adapters inside keras-hub blocks too.
+        from kft.peft import load_model
+
+        return load_model(path, compile=False)
+    except KftError:
+        raise
     except Exception as error:  # Keras raises many types for a bad file.
         raise KftError(f"Could not load {path}: {error}") from error

@@ -1,5 +1,8 @@
 """`kft.export.serving`: a Keras classifier as a TF Serving model version."""
 
+import os
+import tempfile
+
 import click
 import keras
 
@@ -175,6 +178,11 @@ def _copy(model):
     cannot be rebuilt from their config alone, such as keras-hub tokenizers
     (their vocabulary is an asset, not config).
     """
+    from kft.freezing.groups import is_keras_hub_task
+
+    if is_keras_hub_task(model):
+        return _copy_through_file(model)
+
     def clone(layer):
         inner = layer._flatten_layers()
         if not any(isinstance(each, quantization.INT8_LAYERS) for each in inner):
@@ -190,3 +198,15 @@ def _copy(model):
         ) from error
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _copy_through_file(model):
+    """A keras-hub task rebuilds its blocks itself, so a clone from config loses
+    LoRA layers inside them; a `.keras` round trip through `kft.peft.load_model`
+    restores them, and the tokenizer's vocabulary with them."""
+    from kft import peft
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "copy.keras")
+        model.save(path)
+        return peft.load_model(path, compile=False)

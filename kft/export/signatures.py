@@ -88,6 +88,10 @@ def model_input(model):
     Raises:
         KftError: for models kft cannot give a serving signature.
     """
+    if _preprocessor(model) is not None and len(model.outputs) == 1:
+        # A keras-hub text task: its preprocessor turns strings into the
+        # token inputs of its graph.
+        return ModelInput("text", "string", ())
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise KftError(
             f"Model {model.name!r} has {len(model.inputs)} inputs and "
@@ -130,8 +134,12 @@ def serving_endpoints(model, labels):
     spec = model_input(model)
     classify = _classifier(model, labels)
     if spec.kind == "text":
+        preprocessor = _preprocessor(model)
+
         def serve_text(text):
             inputs = tf.reshape(text, (-1, *spec.shape))
+            if preprocessor is not None:
+                inputs = preprocessor(inputs)
             return classify(inputs)
 
         return [("serving_default", serve_text, [tf.TensorSpec([None], tf.string, name="text")])]
@@ -171,6 +179,12 @@ def decode_images(image_bytes, image_size, channels=3, dtype="uint8"):
         fn_output_signature=tf.TensorSpec((*image_size, channels), tf.uint8),
     )
     return tf.cast(images, dtype)
+
+
+def _preprocessor(model):
+    from kft.freezing.groups import is_keras_hub_task
+
+    return getattr(model, "preprocessor", None) if is_keras_hub_task(model) else None
 
 
 def _classifier(model, labels):

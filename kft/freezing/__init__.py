@@ -7,6 +7,7 @@ from kft.freezing.gradual import GradualUnfreezing
 from kft.freezing.groups import LayerGroup
 from kft.freezing.groups import layer_groups
 from kft.freezing.prepare import prepare_optimizer
+from kft.freezing.select import Adapters
 from kft.freezing.select import All
 from kft.freezing.select import Biases
 from kft.freezing.select import Head

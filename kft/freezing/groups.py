@@ -82,7 +82,8 @@ def layer_groups(model, fallback_groups=4):
       layer (named like the layer), `pooler` (what follows the last one).
     Anything else is split into `fallback_groups` groups (`group_1`, ...) of
     equally many weighted layers (a normalization layer
-    stays in the group of the layer before it). The kft head, the top-level `head_*` layers,
+    stays in the group of the layer before it). The head (see `head_layers`: the
+    top-level `head_*` layers, or a keras-hub task's layers above its backbone)
     is always the last group, `head`. Layers without weights that come before
     the first group (input, augmentation, preprocessing) belong to it; other
     layers without a group of their own belong to the group before them.
@@ -103,8 +104,9 @@ def layer_groups(model, fallback_groups=4):
     """
     root = layer_tree(model)
     all_units = units(root)
-    head = [n for n in all_units if _top_level(n).name.startswith(HEAD_PREFIX)]
-    body = [n for n in all_units if not _top_level(n).name.startswith(HEAD_PREFIX)]
+    head_ids = {id(layer) for layer in head_layers(model)}
+    head = [n for n in all_units if id(_top_level(n).layer) in head_ids]
+    body = [n for n in all_units if id(_top_level(n).layer) not in head_ids]
 
     backbone, rule = _find_architecture(root)
     if rule is not None:
@@ -125,6 +127,40 @@ def layer_groups(model, fallback_groups=4):
             _add(head_group, node)
         groups.append(head_group)
     return groups
+
+
+def head_layers(model):
+    """The top-level layers that form `model`'s head, input to output.
+
+    The head is the top-level layers named `head_*` (kft's task models), or,
+    for a keras-hub task without such layers (`BertTextClassifier`, ...),
+    every top-level layer besides its `backbone` and `preprocessor` (keras-hub
+    names them `logits`, `classifier_dropout`, ...). Anything else has no head.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        A list of layers, possibly empty.
+    """
+    layers = [layer for layer in getattr(model, "layers", []) if not _is_input(layer)]
+    named = [layer for layer in layers if layer.name.startswith(HEAD_PREFIX)]
+    if named or not is_keras_hub_task(model):
+        return named
+    body = {id(getattr(model, "backbone", None)), id(getattr(model, "preprocessor", None))}
+    return [layer for layer in layers if id(layer) not in body]
+
+
+def is_keras_hub_task(model):
+    """Whether `model` is a keras-hub `Task` (tested without importing keras-hub)."""
+    return any(
+        cls.__name__ == "Task" and cls.__module__.startswith("keras_hub.")
+        for cls in type(model).__mro__
+    )
+
+
+def _is_input(layer):
+    return isinstance(layer, keras.layers.InputLayer)
 
 
 def _add(group, node):

@@ -4,7 +4,7 @@ A selection is built from small selector objects (`Name`, `Type`, `TopLayers`,
 `LastGroups`, `Biases`, `Norms`, `Head`, `All`, `Where`) combined with `|`
 (union), `&` (intersection) and `-` (difference), from a callable
 `(path, layer) -> bool`, or from a string spec that recipe files and `--set`
-use: `"all"`, `"head"`, `"biases"`, `"norms"`, `"top:30"`, `"groups:2"`,
+use: `"all"`, `"head"`, `"biases"`, `"norms"`, `"adapters"`, `"top:30"`, `"groups:2"`,
 `"name:REGEX"`, `"type:BatchNormalization"`, several joined by commas (union).
 
 Selecting a layer selects everything below it: `Name("backbone")` is the whole
@@ -19,11 +19,12 @@ import keras
 
 from kft.errors import KftError
 from kft.freezing.groups import HEAD_PREFIX
+from kft.freezing.groups import head_layers
 from kft.freezing.groups import layer_groups
 from kft.freezing.layer_tree import units
 
 SPEC_FORMS = (
-    '"all", "head", "biases", "norms", "top:N", "groups:N", "name:REGEX", '
+    '"all", "head", "biases", "norms", "adapters", "top:N", "groups:N", "name:REGEX", '
     '"type:LayerClass", or several of these joined by commas'
 )
 
@@ -110,12 +111,13 @@ class All(Selector):
 
 
 class Head(Selector):
-    """The kft head: top-level layers whose names start with `head_`."""
+    """The head: top-level `head_*` layers, or a keras-hub task's layers above
+    its backbone (see `kft.freezing.groups.head_layers`)."""
 
     def matches(self, node):
-        return node.parent is not None and node.parent.parent is None and node.name.startswith(
-            HEAD_PREFIX
-        )
+        if node.parent is None or node.parent.parent is not None:
+            return False
+        return any(node.layer is layer for layer in head_layers(node.parent.layer))
 
     def hint(self, root):
         return (
@@ -233,6 +235,41 @@ class Biases(Selector):
         return '"biases"'
 
 
+class Adapters(Selector):
+    """The PEFT parameters: the active adapter of each LoRA layer (not its
+    base kernel or bias), bottleneck adapters and soft prompts."""
+
+    def resolve(self, root):
+        from kft.layers.bottleneck_adapter import BottleneckAdapter
+        from kft.layers.lora_adapters import LoRAAdapters
+        from kft.layers.soft_prompt import SoftPrompt
+
+        variables, nodes = {}, {}
+        for node in root.walk():
+            layer = node.layer
+            if isinstance(layer, LoRAAdapters):
+                if layer.merged_adapter is not None or layer.active_adapter is None:
+                    continue  # A merged adapter is part of the kernel now.
+                chosen = layer.adapter_variables(layer.active_adapter).values()
+            elif isinstance(layer, (BottleneckAdapter, SoftPrompt)):
+                chosen = [v for n in node.walk() for v in n.own_variables]
+            else:
+                continue
+            for variable in chosen:
+                variables[id(variable)] = variable
+            nodes[id(node)] = node
+        return Selection(variables, nodes)
+
+    def hint(self, root):
+        return (
+            "The model has no PEFT layers; add them with kft.peft.apply_lora, "
+            "apply_bottleneck_adapters or apply_prompt_tuning first."
+        )
+
+    def __repr__(self):
+        return '"adapters"'
+
+
 class Where(Selector):
     """Layers for which `predicate(path, layer)` is true."""
 
@@ -286,14 +323,14 @@ def as_selector(select):
 
 
 # A comma starts a new part only before a known form, so regexes may hold commas.
-_SPLIT = re.compile(r"\s*,\s*(?=(?:all|head|biases|norms)\s*(?:,|$)|(?:top|groups|name|type):)")
+_SPLIT = re.compile(r"\s*,\s*(?=(?:all|head|biases|norms|adapters)\s*(?:,|$)|(?:top|groups|name|type):)")
 
 
 def parse_selector(spec):
     """Parses a string spec such as `"head,name:conv5_"` into a `Selector`.
 
     Args:
-        spec: `"all"`, `"head"`, `"biases"`, `"norms"`, `"top:N"`,
+        spec: `"all"`, `"head"`, `"biases"`, `"norms"`, `"adapters"`, `"top:N"`,
             `"groups:N"`, `"name:REGEX"`, `"type:LayerClass"`, or several
             joined by commas (their union).
 
@@ -312,7 +349,7 @@ def parse_selector(spec):
 
 
 def _parse_part(part):
-    simple = {"all": All, "head": Head, "biases": Biases, "norms": Norms}
+    simple = {"all": All, "head": Head, "biases": Biases, "norms": Norms, "adapters": Adapters}
     if part in simple:
         return simple[part]()
     kind, _, value = part.partition(":")

@@ -11,7 +11,6 @@ it was, so texts without the new tokens give the same outputs as before.
 
 import keras
 import numpy as np
-from keras_hub.src.tokenizers.word_piece_tokenizer import pretokenize_python
 
 from kft.errors import KftError
 from kft.peft.trainable import reset_compiled_functions
@@ -190,6 +189,9 @@ def _check_new(tokenizer, tokens):
 
 def _is_special(tokenizer, token):
     """Whether `token` needs matching as a special token to stay whole."""
+    # keras-hub is imported only where used: `import kft` stays fast.
+    from keras_hub.src.tokenizers.word_piece_tokenizer import pretokenize_python
+
     words = pretokenize_python(
         token, tokenizer.lowercase, tokenizer.strip_accents, tokenizer.split,
         tokenizer.split_on_cjk,

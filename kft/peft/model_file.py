@@ -66,6 +66,7 @@ def load_model(filepath, train_also=None, custom_objects=None, compile=True, saf
     model = keras.saving.deserialize_keras_object(
         config, custom_objects=custom_objects, safe_mode=safe_mode
     )
+    _load_assets(filepath, model)
     records = _records(weights)
     by_path = {}
     for layer in model._flatten_layers(include_self=False):
@@ -85,6 +86,29 @@ def load_model(filepath, train_also=None, custom_objects=None, compile=True, saf
     model.load_weights(filepath)
     reset_compiled_functions(model)
     return model
+
+
+def _load_assets(filepath, model):
+    """Loads the archive's assets (a keras-hub tokenizer's vocabulary).
+
+    `load_weights` reads variables only; a keras-hub text task rebuilt from
+    its config has an empty tokenizer until its assets are loaded. This is
+    the asset half of what `keras.models.load_model` does (private Keras
+    API, present in Keras 3.0 to 3.15).
+    """
+    from keras.src.saving import saving_lib
+
+    with zipfile.ZipFile(filepath) as archive:
+        if not any(name.startswith("assets/") for name in archive.namelist()):
+            return
+        store = saving_lib.DiskIOStore("assets", archive=archive, mode="r")
+        try:
+            saving_lib._load_state(
+                model, weights_store=None, assets_store=store, inner_path="",
+                visited_saveables=set(),
+            )
+        finally:
+            store.close()
 
 
 def _records(weights):

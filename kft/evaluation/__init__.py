@@ -1,0 +1,7 @@
+"""Evaluation beyond Keras metrics: per-class reports, confusion matrices, baselines."""
+
+from kft.evaluation.classification import ClassificationReport
+from kft.evaluation.classification import evaluate
+from kft.evaluation.classification import plot_confusion_matrix
+from kft.evaluation.classification import report
+from kft.evaluation.linear_probe import linear_probe
