@@ -1,16 +1,18 @@
 """Runs a recipe stage by stage into a run directory, and resumes it."""
 
 import dataclasses
+import pathlib
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 
 import click
 import keras
 
+from kft import accumulation, distribute, feature_cache, freezing, precision, report
 from kft import callbacks as kft_callbacks
-from kft import feature_cache, freezing, report
 from kft.compiling import compile_for_evaluation, compile_stage
 from kft.errors import KftError
 from kft.freezing.layer_tree import count_params
@@ -29,6 +31,12 @@ class RunResult:
 def run(recipe, overrides=None, data=None, output=None, resume=None):
     """Runs every stage of `recipe` and writes the results to a run directory.
 
+    The run params (`kft.recipe.RUN_PARAMS`) pick the `tf.distribute`
+    strategy (the model, optimizer and metrics are created in its scope),
+    the precision policy and gradient accumulation. In a multi-worker
+    cluster only the chief writes the run directory; the other workers
+    write theirs to a temporary folder that is removed at the end.
+
     Args:
         recipe: a `kft.Recipe`.
         overrides: `--set` style `key=value` strings or a dict.
@@ -40,15 +48,46 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
     Returns:
         A `RunResult`.
     """
+    params = recipe.resolve(_saved_params(resume) if resume is not None else overrides,
+                            data=None if resume is not None else data)
+    # First TensorFlow work of the run: multi-worker collectives must be
+    # configured before anything runs.
+    strategy = distribute.strategy_from_name(params.strategy)
+    precision.check_precision(params.precision)
+    accumulation.check_accumulate(params.accumulate)
+    chief = distribute.is_chief(strategy)
+    worker_dir = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="kft-worker-"))
+    try:
+        with strategy.scope(), precision.precision_policy(params.precision):
+            return _run(recipe, params, strategy, output if chief else worker_dir,
+                        _worker_copy(resume, worker_dir))
+    finally:
+        if worker_dir is not None:
+            shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def _saved_params(path):
+    """The hyperparameters saved in run directory `path`."""
+    return RunDirectory.existing(path).read_json("params.json")
+
+
+def _worker_copy(resume, worker_dir):
+    """Where a worker resumes from: a private copy of the chief's run directory."""
+    if resume is None or worker_dir is None:
+        return resume
+    return shutil.copytree(resume, worker_dir / pathlib.Path(resume).name)
+
+
+def _run(recipe, params, strategy, output, resume):
+    if strategy.num_replicas_in_sync > 1:
+        click.echo(f"Strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} "
+                   "replicas (each batch is split between them)")
     if resume is not None:
         run_dir = RunDirectory.existing(resume)
-        saved = run_dir.read_json("params.json")
-        params = recipe.resolve(saved)
         state = run_dir.read_json("state.json")
         click.echo(f"Resuming {run_dir.path} after epoch {state['epoch']}")
         _drop_unfinished_history(run_dir, state["epoch"])
     else:
-        params = recipe.resolve(overrides, data=data)
         run_dir = RunDirectory.create(recipe.name, output)
         state = {"epoch": 0, "best": None, "stages": []}
         run_dir.write_json("params.json", vars(params))
@@ -67,6 +106,10 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         model = keras.saving.load_model(run_dir.last_checkpoint)
     else:
         model = recipe.model(params, dataset)
+    if params.precision != "float32":
+        kept = precision.float32_outputs(model)
+        if kept:
+            click.echo(f"Mixed precision: output layer(s) {', '.join(kept)} compute in float32")
     run_dir.write_json("labels.json", list(dataset.class_names))
 
     starts = _stage_starts(stages)
@@ -79,7 +122,8 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         trainable = apply_stage_trainable(model, stage)
         report.stage_header(index, len(stages), stage, trainable, model.count_params())
         if not (resumed and model.compiled):
-            compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
+            compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset),
+                          accumulate=params.accumulate)
             if _gradual(stage):
                 # Slots for every variable that may start training mid-fit.
                 freezing.prepare_optimizer(model)
@@ -182,9 +226,10 @@ def _fit_stage(recipe, model, dataset, stage, start, state, run_dir, params):
     if fit_model is not model:
         # The head model shares its layers; checkpoints hold the whole model.
         checkpoint.model_to_save = model
+    strategy = fit_model.distribute_strategy
     return fit_model.fit(
-        train,
-        validation_data=validation,
+        distribute.distribute_dataset(train, strategy),
+        validation_data=distribute.distribute_dataset(validation, strategy),
         initial_epoch=state["epoch"],
         epochs=start + stage.epochs,
         callbacks=callbacks,
@@ -238,7 +283,8 @@ def _finish(recipe, model, dataset, stages, starts, stage_rows, state, run_dir):
     if dataset.validation is not None:
         if not model.compiled:
             compile_for_evaluation(model, recipe)
-        values = model.evaluate(dataset.validation, verbose=0, return_dict=True)
+        validation = distribute.distribute_dataset(dataset.validation, model.distribute_strategy)
+        values = model.evaluate(validation, verbose=0, return_dict=True)
         metrics["final"] = {f"val_{key}": float(value) for key, value in values.items()}
     run_dir.write_json("metrics.json", metrics)
     report.plot_curves(
