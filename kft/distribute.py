@@ -34,13 +34,15 @@ from kft.errors import KftError
 
 STRATEGY_NAMES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
-# A process can configure collective ops (and connect to a TPU) only once:
-# later runs in the same process reuse the strategy.
+# Later runs in a process reuse its strategies: collective ops (and a TPU
+# connection) are configured once per process, and a second MirroredStrategy
+# numbers its collectives like the first, so their all-reduces collide
+# ("Shape mismatch in the collective instance").
 _CREATED = {}
 
 
 def strategy_from_name(name):
-    """Creates (or reuses) the `tf.distribute.Strategy` called `name`.
+    """The `tf.distribute.Strategy` called `name`, created once per process.
 
     Args:
         name: one of `STRATEGY_NAMES`.
@@ -64,8 +66,12 @@ def strategy_from_name(name):
         name = _auto_name()
         if name is None:
             return tf.distribute.get_strategy()
-    if name in ("multi_worker", "tpu") and name in _CREATED:
-        return _CREATED[name]
+    if name not in _CREATED:
+        _CREATED[name] = _create(name)
+    return _CREATED[name]
+
+
+def _create(name):
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -73,11 +79,8 @@ def strategy_from_name(name):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multi_worker":
-        strategy = _multi_worker_strategy()
-    else:
-        strategy = _tpu_strategy()
-    _CREATED[name] = strategy
-    return strategy
+        return _multi_worker_strategy()
+    return _tpu_strategy()
 
 
 def is_chief(strategy=None):
