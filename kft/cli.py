@@ -22,6 +22,21 @@ class _RecipeCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def strategy_option(command):
+    """Adds `--strategy NAME` (the `strategy` run param) to a click command."""
+    from kft.distribute import STRATEGY_NAMES
+
+    return click.option(
+        "--strategy", type=click.Choice(STRATEGY_NAMES),
+        help="tf.distribute strategy (sets the 'strategy' param; default: the recipe's, 'auto').",
+    )(command)
+
+
+def with_strategy(overrides, strategy):
+    """`overrides` plus `strategy=NAME` when `--strategy` was given."""
+    return [*overrides, f"strategy={strategy}"] if strategy else list(overrides)
+
+
 @click.group()
 @click.version_option(package_name="kft")
 def main():
@@ -35,14 +50,16 @@ def main():
               help="Override a hyperparameter; repeatable.")
 @click.option("--output", type=click.Path(file_okay=False), help="Parent folder for the run directory (default runs/).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
-def run(recipe_file, data, overrides, output, resume):
+@strategy_option
+def run(recipe_file, data, overrides, output, resume, strategy):
     """Fine-tune with RECIPE_FILE; results go to a new run directory."""
     from kft import runner
 
     recipe = _load(recipe_file)
     if resume and (overrides or data):
         raise KftError("--resume continues with the run's saved hyperparameters; drop --set/--data.")
-    runner.run(recipe, overrides=overrides, data=data, output=output, resume=resume)
+    runner.run(recipe, overrides=with_strategy(overrides, strategy), data=data, output=output,
+               resume=resume)
 
 
 @main.command()
@@ -108,10 +125,14 @@ def _load(recipe_file):
 
 
 def _echo_params(recipe):
+    from kft.recipe import RUN_PARAMS
+
     click.secho(f"Recipe {recipe.name!r} hyperparameters (--set KEY=VALUE):", bold=True)
-    width = max((len(key) for key in recipe.params), default=0)
-    for key, value in recipe.params.items():
-        click.echo(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__})")
+    params = {**recipe.params, **{k: v for k, v in RUN_PARAMS.items() if k not in recipe.params}}
+    width = max((len(key) for key in params), default=0)
+    for key, value in params.items():
+        shared = "  run param" if key in RUN_PARAMS and key not in recipe.params else ""
+        click.echo(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__}){shared}")
 
 
 def entry_point():

@@ -2,7 +2,7 @@
 
 import keras
 
-from kft import schedules
+from kft import accumulation, schedules
 from kft.errors import KftError
 from kft.optimizers import LayerwiseLR
 
@@ -14,7 +14,7 @@ _OPTIMIZERS = {
 }
 
 
-def compile_stage(model, recipe, stage, steps_per_epoch):
+def compile_stage(model, recipe, stage, steps_per_epoch, accumulate=1):
     """Compiles `model` with the optimizer `stage` asks for.
 
     Call it after the stage's freezing is applied: Keras collects the
@@ -26,9 +26,10 @@ def compile_stage(model, recipe, stage, steps_per_epoch):
         stage: the `Stage` (optimizer, lr, schedule, warmup, layer_decay,
             weight_decay).
         steps_per_epoch: batches per epoch, to size schedules.
+        accumulate: batches per optimizer update (gradient accumulation).
     """
     model.compile(
-        optimizer=stage_optimizer(model, stage, steps_per_epoch),
+        optimizer=stage_optimizer(model, stage, steps_per_epoch, accumulate),
         loss=recipe.loss,
         metrics=list(recipe.metrics),
         jit_compile=recipe.jit_compile,
@@ -41,9 +42,12 @@ def compile_for_evaluation(model, recipe):
                   jit_compile=recipe.jit_compile)
 
 
-def stage_optimizer(model, stage, steps_per_epoch):
-    """Builds the optimizer for a stage (see `Stage` for the options)."""
-    learning_rate = stage_learning_rate(stage, steps_per_epoch)
+def stage_optimizer(model, stage, steps_per_epoch, accumulate=1):
+    """Builds the optimizer for a stage (see `Stage` for the options).
+
+    With `accumulate` > 1 it updates once every `accumulate` batches.
+    """
+    learning_rate = stage_learning_rate(stage, steps_per_epoch, accumulate)
     if callable(stage.optimizer):
         optimizer = stage.optimizer(learning_rate)
     else:
@@ -54,6 +58,8 @@ def stage_optimizer(model, stage, steps_per_epoch):
                 f"use one of {', '.join(_OPTIMIZERS)} or a callable."
             )
         optimizer = _OPTIMIZERS[name](learning_rate, stage.weight_decay)
+    # On the wrapped optimizer: LayerwiseLR hands it every gradient.
+    accumulation.accumulate_gradients(optimizer, accumulate)
     # LayerwiseLR applies per-group rates, weight decay that skips biases and
     # norms, and OneCycle's momentum cycle.
     if stage.layer_decay is not None or stage.weight_decay or _schedule_name(stage) == "one_cycle":
@@ -70,10 +76,19 @@ def _schedule_name(stage):
     return str(stage.schedule or "").lower().replace("-", "_")
 
 
-def stage_learning_rate(stage, steps_per_epoch):
-    """The stage's learning rate: a float, or a schedule over its steps."""
+def stage_learning_rate(stage, steps_per_epoch, accumulate=1):
+    """The stage's learning rate: a float, or a schedule over its updates.
+
+    With `accumulate` > 1 the schedule counts optimizer updates (one per
+    `accumulate` batches), so warmup and decay span the stage as without.
+    """
     if _schedule_name(stage) in ("", "none"):
         return float(stage.lr)
-    total = max(1, steps_per_epoch * stage.epochs)
-    return schedules.from_name(stage.schedule, peak_lr=float(stage.lr), total_steps=total,
-                               warmup=stage.warmup, steps_per_epoch=steps_per_epoch)
+    total = max(1, steps_per_epoch * stage.epochs // accumulate)
+    schedule = schedules.from_name(
+        stage.schedule, peak_lr=float(stage.lr), total_steps=total, warmup=stage.warmup,
+        steps_per_epoch=max(1, steps_per_epoch // accumulate),
+    )
+    if accumulate > 1:
+        schedule = accumulation.PerUpdateSchedule(schedule, accumulate)
+    return schedule

@@ -10,6 +10,17 @@ from typing import Any, Callable, Optional, Sequence
 
 from kft.errors import KftError
 
+# Params every recipe takes without declaring them; a recipe that declares
+# one changes its default. Runs save them in params.json, so --resume keeps them.
+RUN_PARAMS = {
+    # kft.distribute.STRATEGY_NAMES; `kft run --strategy NAME` sets it.
+    "strategy": "auto",
+    # kft.precision.PRECISIONS: float32, mixed_float16, mixed_bfloat16.
+    "precision": "float32",
+    # Batches per optimizer update (gradient accumulation).
+    "accumulate": 1,
+}
+
 
 @dataclasses.dataclass
 class Stage:
@@ -69,7 +80,8 @@ class Recipe:
     Args:
         name: the recipe's name; run directories are `runs/<name>-<time>/`.
         params: named hyperparameters with their defaults. A `data` entry is
-            what `kft run --data PATH` sets.
+            what `kft run --data PATH` sets. `RUN_PARAMS` (`strategy`,
+            `precision`, `accumulate`) are added unless declared here.
         data: `params -> kft.data.images.ImageData` (or any object with
             `train`, `validation`, `class_names`).
         model: `(params, data) -> keras.Model`, not compiled.
@@ -121,7 +133,7 @@ class Recipe:
             overrides: `key=value` strings or a dict of already-typed values.
             data: the `--data` value, stored as the `data` param.
         """
-        params = dict(self.params)
+        params = {**RUN_PARAMS, **self.params}
         if isinstance(overrides, dict):
             pairs = list(overrides.items())
         else:

@@ -1,16 +1,19 @@
 """Runs a recipe stage by stage into a run directory, and resumes it."""
 
 import dataclasses
+import pathlib
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 
 import click
 import keras
 
+from kft import accumulation, distribute, evaluation, feature_cache, freezing, peft
 from kft import callbacks as kft_callbacks
-from kft import evaluation, feature_cache, freezing, peft, report
+from kft import precision, report
 from kft.compiling import compile_for_evaluation, compile_stage
 from kft.errors import KftError
 from kft.freezing.layer_tree import count_params
@@ -29,6 +32,12 @@ class RunResult:
 def run(recipe, overrides=None, data=None, output=None, resume=None):
     """Runs every stage of `recipe` and writes the results to a run directory.
 
+    The run params (`kft.recipe.RUN_PARAMS`) pick the `tf.distribute`
+    strategy (the model, optimizer and metrics are created in its scope),
+    the precision policy and gradient accumulation. In a multi-worker
+    cluster only the chief writes the run directory; the other workers
+    write theirs to a temporary folder that is removed at the end.
+
     Args:
         recipe: a `kft.Recipe`.
         overrides: `--set` style `key=value` strings or a dict.
@@ -40,15 +49,46 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
     Returns:
         A `RunResult`.
     """
+    params = recipe.resolve(_saved_params(resume) if resume is not None else overrides,
+                            data=None if resume is not None else data)
+    # First TensorFlow work of the run: multi-worker collectives must be
+    # configured before anything runs.
+    strategy = distribute.strategy_from_name(params.strategy)
+    precision.check_precision(params.precision)
+    accumulation.check_accumulate(params.accumulate)
+    chief = distribute.is_chief(strategy)
+    worker_dir = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="kft-worker-"))
+    try:
+        with strategy.scope(), precision.precision_policy(params.precision):
+            return _run(recipe, params, strategy, output if chief else worker_dir,
+                        _worker_copy(resume, worker_dir))
+    finally:
+        if worker_dir is not None:
+            shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def _saved_params(path):
+    """The hyperparameters saved in run directory `path`."""
+    return RunDirectory.existing(path).read_json("params.json")
+
+
+def _worker_copy(resume, worker_dir):
+    """Where a worker resumes from: a private copy of the chief's run directory."""
+    if resume is None or worker_dir is None:
+        return resume
+    return shutil.copytree(resume, worker_dir / pathlib.Path(resume).name)
+
+
+def _run(recipe, params, strategy, output, resume):
+    if strategy.num_replicas_in_sync > 1:
+        click.echo(f"Strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} "
+                   "replicas (each batch is split between them)")
     if resume is not None:
         run_dir = RunDirectory.existing(resume)
-        saved = run_dir.read_json("params.json")
-        params = recipe.resolve(saved)
         state = run_dir.read_json("state.json")
         click.echo(f"Resuming {run_dir.path} after epoch {state['epoch']}")
         _drop_unfinished_history(run_dir, state["epoch"])
     else:
-        params = recipe.resolve(overrides, data=data)
         run_dir = RunDirectory.create(recipe.name, output)
         state = {"epoch": 0, "best": None, "stages": []}
         run_dir.write_json("params.json", vars(params))
@@ -68,8 +108,13 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         model = peft.load_model(run_dir.last_checkpoint)
     else:
         model = recipe.model(params, dataset)
+    if params.precision != "float32":
+        kept = precision.float32_outputs(model)
+        if kept:
+            click.echo(f"Mixed precision: output layer(s) {', '.join(kept)} compute in float32")
     run_dir.write_json("labels.json", list(dataset.class_names))
-    if recipe.baseline_for(params) and not (run_dir.path / "baseline.json").is_file():
+    probe_done = (run_dir.path / "baseline.json").is_file()
+    if recipe.baseline_for(params) and not resumed and not probe_done:
         _linear_probe(recipe, model, dataset, params, run_dir)
 
     starts = _stage_starts(stages)
@@ -82,7 +127,8 @@ def run(recipe, overrides=None, data=None, output=None, resume=None):
         trainable = apply_stage_trainable(model, stage)
         report.stage_header(index, len(stages), stage, trainable, model.count_params())
         if not (resumed and model.compiled):
-            compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset))
+            compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset),
+                          accumulate=params.accumulate)
             if _gradual(stage):
                 # Slots for every variable that may start training mid-fit.
                 freezing.prepare_optimizer(model)
@@ -204,9 +250,10 @@ def _fit_stage(recipe, model, dataset, stage, start, state, run_dir, params):
     if fit_model is not model:
         # The head model shares its layers; checkpoints hold the whole model.
         checkpoint.model_to_save = model
+    strategy = fit_model.distribute_strategy
     return fit_model.fit(
-        train,
-        validation_data=validation,
+        distribute.distribute_dataset(train, strategy),
+        validation_data=distribute.distribute_dataset(validation, strategy),
         initial_epoch=state["epoch"],
         epochs=start + stage.epochs,
         callbacks=callbacks,
@@ -283,6 +330,7 @@ def _finish(recipe, model, dataset, stages, starts, stage_rows, state, run_dir):
         compile_for_evaluation(model, recipe)
     prefixes = {"validation": "val_", "test": "test_"}
     for name, data in held_out.items():
+        data = distribute.distribute_dataset(data, model.distribute_strategy)
         values = model.evaluate(data, verbose=0, return_dict=True)
         metrics["final"].update({f"{prefixes[name]}{key}": float(v) for key, v in values.items()})
     reports = _classification_reports(model, dataset, held_out, run_dir)

@@ -7,6 +7,9 @@ TF_CPP_MIN_LOG_LEVEL says. Around kft's progress output and one-line errors
 that is noise, so kft starts the runtime with stderr muted. Python-level
 errors are unaffected (they are raised, not printed). Set KFT_TF_LOGS=1 to
 see TensorFlow's lines.
+
+With `TF_CONFIG` set (a multi-worker cluster) the runtime is left unstarted:
+`MultiWorkerMirroredStrategy` must configure collective ops before it starts.
 """
 
 import os
@@ -16,7 +19,7 @@ import sys
 def start_tensorflow():
     """Imports TensorFlow and starts its runtime, muting its C++ stderr lines."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules or os.environ.get("KFT_TF_LOGS"):
+    if "tensorflow" in sys.modules or os.environ.get("KFT_TF_LOGS") or os.environ.get("TF_CONFIG"):
         import tensorflow  # noqa: F401
 
         return

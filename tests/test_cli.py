@@ -135,6 +135,10 @@ def test_help_and_info_list_the_recipe_hyperparameters(tmp_path):
         assert result.returncode == 0, result.stderr
         assert re.search(r"head_epochs +2 +\(int\)", result.stdout)
         assert re.search(r"finetune_lr +0\.01 +\(float\)", result.stdout)
+        assert re.search(r"strategy +'auto' +\(str\) +run param", result.stdout)
+        assert re.search(r"accumulate +1 +\(int\) +run param", result.stdout)
+    assert "--strategy [auto|one_device|mirrored|multi_worker|tpu]" in kft(
+        "run", "--help", cwd=tmp_path).stdout
 
 
 def test_info_shows_groups_and_stage_plan(image_folder, tmp_path):

@@ -35,8 +35,16 @@ def test_defaults_are_kept_and_not_mutated():
     assert recipe.resolve().lr == 1e-3
 
 
+def test_run_params_are_accepted_without_declaring_them():
+    recipe = _recipe(lr=1e-3, accumulate=4)
+    params = recipe.resolve()
+    assert (params.strategy, params.precision, params.accumulate) == ("auto", "float32", 4)
+    params = recipe.resolve(["strategy=mirrored", "precision=mixed_bfloat16", "accumulate=2"])
+    assert (params.strategy, params.precision, params.accumulate) == ("mirrored", "mixed_bfloat16", 2)
+
+
 def test_unknown_key_lists_the_known_ones():
-    with pytest.raises(KftError, match=r"Unknown hyperparameter 'lrr'.*Known: epochs, lr"):
+    with pytest.raises(KftError, match=r"Unknown hyperparameter 'lrr'.*Known: accumulate, epochs, lr, precision, strategy"):
         _recipe(lr=1e-3, epochs=2).resolve(["lrr=1"])
 
 

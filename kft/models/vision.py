@@ -97,7 +97,11 @@ def image_classifier(
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head_dense")(x)
+    # float32 also under mixed precision: a 16-bit softmax rounds small
+    # probabilities to zero.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="head_dense"
+    )(x)
     model_name = name or f"{_key(label)}_classifier"
     return keras.Model(inputs, outputs, name=model_name)
 
