@@ -27,7 +27,10 @@ def run_script(source, timeout=300):
     """
     result = subprocess.run(
         [sys.executable, "-c", source], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                              # Scripts that chdir still import kft and tests from here.
+                              "PYTHONPATH": os.pathsep.join(
+                                  filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result

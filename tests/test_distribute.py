@@ -109,8 +109,10 @@ def lora_model():
     return model
 
 def bert_model():
-    return keras_hub.models.BertTextClassifier.from_preset(
-        {tiny_bert_dir!r}, num_classes=2, preprocessor=None, dropout=0.0)
+    # No dropout anywhere: each replica would draw its own masks.
+    backbone = keras_hub.models.BertBackbone.from_preset({tiny_bert_dir!r}, dropout=0.0)
+    return keras_hub.models.BertTextClassifier(
+        backbone, num_classes=2, preprocessor=None, dropout=0.0)
 
 rng = np.random.default_rng(0)
 lora_x, lora_y = rng.normal(size=(16, 6)).astype("float32"), np.arange(16) % 3
@@ -121,7 +123,7 @@ packer = keras_hub.layers.MultiSegmentPacker(
 sentences = ["the movie was great", "awful service", "i loved it", "boring and bad"] * 2
 token_ids, segment_ids = packer(tokenizer(sentences))
 bert_x = {{"token_ids": token_ids.numpy(), "segment_ids": segment_ids.numpy(),
-          "padding_mask": (token_ids.numpy() != tokenizer.pad_token_id)}}
+          "padding_mask": (token_ids.numpy() != tokenizer.pad_token_id).astype("int32")}}
 bert_y = np.array([1, 0, 1, 0] * 2)
 out = {{}}
 for name, build, x, y in (("lora", lora_model, lora_x, lora_y), ("bert", bert_model, bert_x, bert_y)):
