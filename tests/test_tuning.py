@@ -111,7 +111,7 @@ def test_a_search_runs_whole_plans_with_the_trial_values_and_resumes(run_in_tmp)
     assert (tune_dir / "trials.png").stat().st_size > 0
 
 
-def test_a_failing_trial_is_recorded_and_the_search_goes_on(run_in_tmp):
+def test_a_failing_trial_is_recorded_and_hyperband_goes_on_with_budgeted_trials(run_in_tmp):
     calls = []
 
     def model(p, data):
@@ -120,27 +120,23 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(run_in_tmp):
             raise RuntimeError("the first model will not build")
         return tiny_image_model(len(data.class_names))
 
-    result = tune(_recipe({"lr": LogUniform(1e-3, 1e-1)}, model=model), trials=2, seed=1)
+    recipe = _recipe({"lr": LogUniform(1e-3, 1e-1), "finetune_epochs": Budget()},
+                     model=model, finetune_epochs=3)
+    result = tune(recipe, trials=2, tuner="hyperband", seed=1)
 
     rows = _csv(result.tune_dir.path / "trials.csv")
     assert [row["status"] for row in rows] == ["failed", "completed"]
     assert rows[0]["message"] == "RuntimeError: the first model will not build"
     assert rows[0]["val_accuracy"] == ""
     assert result.best.trial == "1"
-    assert result.best_params == {"lr": calls[1]}
-
-
-def test_hyperband_sets_the_budget_param_of_each_trial(run_in_tmp):
-    recipe = _recipe({"lr": LogUniform(1e-3, 1e-1), "finetune_epochs": Budget(max=3)})
-    result = tune(recipe, trials=2, tuner="hyperband", seed=1)
-
-    rows = _csv(result.tune_dir.path / "trials.csv")
-    # Hyperband (max 3, factor 3) opens with short trials: 1 epoch each.
+    # Hyperband (at most the param's 3 epochs, factor 3) opens with 1-epoch trials.
     assert [row["finetune_epochs"] for row in rows] == ["1", "1"]
-    for row in rows:
-        assert _run_params(result.tune_dir.path, row)["finetune_epochs"] == 1
-    # The retrained best gets the full budget: the param keeps its value.
-    assert "finetune_epochs" not in result.best_params
+    params = _run_params(result.tune_dir.path, rows[1])
+    assert (params["lr"], params["finetune_epochs"]) == (calls[1], 1)
+    with open(result.tune_dir.path / rows[1]["run_dir"] / "history.csv") as handle:
+        assert [line["stage"] for line in csv.DictReader(handle)] == ["head", "finetune"]
+    # The best params leave the budget out: a retrained best gets it in full.
+    assert result.best_params == {"lr": calls[1]}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +149,15 @@ def image_folder(tmp_path_factory):
             pixels = np.clip(base + rng.integers(-30, 30, (16, 16, 3)), 0, 255).astype("uint8")
             Image.fromarray(pixels).save(root / name / f"{index}.png")
     return root
+
+
+def test_kft_info_shows_the_search_space(capsys):
+    main.main(["info", TINY_SEARCH, "--params-only"], standalone_mode=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[0] == "lr" and line.endswith("kft tune: LogUniform(low=0.01, high=0.1)")
+               for line in lines)
+    assert any(line.split()[0] == "finetune_epochs" and line.endswith("kft tune: Budget(max=None)")
+               for line in lines)
 
 
 def test_run_params_file_applies_before_set_and_rejects_unknown_keys(run_in_tmp, image_folder):

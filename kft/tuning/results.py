@@ -109,12 +109,13 @@ def table(rows, names, objective, best):
             f"{row.trial}{mark}", row.status,
             "" if row.score is None else f"{row.score:.4f}",
             "" if row.seconds is None else f"{row.seconds:.0f}s",
-            *[_short(row.values.get(name)) for name in names],
+            *[short_value(row.values.get(name)) for name in names],
         ])
     return report.table(header, lines)
 
 
-def _short(value):
+def short_value(value):
+    """A value as the trials table shows it: floats to 4 significant digits."""
     if value is None:
         return ""
     if isinstance(value, float):

@@ -101,7 +101,7 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         folder.mkdir(parents=True, exist_ok=True)
         record = {"trial": trial.trial_id, "values": values, "run_dir": None,
                   "seconds": None, "message": None}
-        shown = ", ".join(f"{name}={results._short(value)}" for name, value in values.items())
+        shown = ", ".join(f"{name}={results.short_value(value)}" for name, value in values.items())
         click.secho(f"\n=== Trial {trial.trial_id}: {shown} ===", bold=True)
         began = time.time()
         try:
@@ -124,10 +124,17 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         finally:
             record["seconds"] = time.time() - began
             self.tune_dir.write_json(folder / "record.json", record)
-            # Models, optimizers and traced functions of this trial go now,
-            # not when Keras' global graph state happens to be reset.
-            keras.backend.clear_session()
-            gc.collect()
+            self.release_memory()
+
+    def release_memory(self):
+        """Frees what a finished trial left in Keras' global state.
+
+        Models, optimizers and traced functions of a trial stay reachable from
+        Keras' global graph state until it is cleared (measured by
+        bench/tuning_memory.py).
+        """
+        keras.backend.clear_session()
+        gc.collect()
 
     def _run(self, folder, values):
         earlier = _latest_run(folder)
