@@ -184,6 +184,8 @@ def _kft(*args, cwd, env=None):
 def test_cli_search_killed_mid_trial_resumes_that_trial_and_retrains_the_best(
         tmp_path, image_folder):
     common = ["--data", str(image_folder), "--set", "head_epochs=1", "--set", "finetune_epochs=1"]
+    # Killed as epoch 1 begins: at the stage boundary, so the resumed trial
+    # must compile the finetune stage afresh, not reuse the head's optimizer.
     killed = _kft("tune", TINY_SEARCH, "--trials", "2", "--output", "out", *common,
                   cwd=tmp_path, env={"KFT_TEST_KILL_AT_EPOCH": "1"})
     assert killed.returncode == -9, killed.stderr[-3000:]
