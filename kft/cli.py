@@ -71,15 +71,17 @@ def run(recipe_file, data, overrides, params_file, output, resume):
 @click.option("--seed", type=click.IntRange(min=1), help="The tuner's random seed (default: random).")
 @click.option("--max-failures", default=3, show_default=True,
               help="Stop after this many failed trials in a row.")
+@click.option("--isolate", is_flag=True,
+              help="Run each trial in a process of its own: memory stays flat over long searches.")
 def tune(recipe_file, trials, tuner, objective, direction, data, overrides, output, resume,
-         retrain_best, seed, max_failures):
+         retrain_best, seed, max_failures, isolate):
     """Search RECIPE_FILE's search space; each trial runs the whole recipe."""
     from kft.tuning import tuner as tuning
 
     tuning.tune(
         _load(recipe_file), trials=trials, tuner=tuner, objective=objective,
         direction=direction, overrides=overrides, data=data, output=output, resume=resume,
-        retrain_best=retrain_best, seed=seed, max_failures=max_failures,
+        retrain_best=retrain_best, seed=seed, max_failures=max_failures, isolate=isolate,
     )
 
 

@@ -70,6 +70,8 @@ def test_hyperband_without_a_budget_or_searching_a_fixed_param_fails_before_any_
         tune(recipe, trials=2, tuner="hyperband")
     with pytest.raises(KftError, match=r"lr is searched, so --set cannot fix it"):
         tune(recipe, trials=2, overrides=["lr=0.3"])
+    with pytest.raises(KftError, match=r"--isolate runs each trial as `kft run RECIPE_FILE`"):
+        tune(recipe, trials=2, isolate=True)
     assert not (run_in_tmp / "runs").exists() or not any((run_in_tmp / "runs").iterdir())
 
 
@@ -191,8 +193,9 @@ def test_cli_search_killed_mid_trial_resumes_that_trial_and_retrains_the_best(
     assert killed.returncode == -9, killed.stderr[-3000:]
     (tune_dir,) = (tmp_path / "out").iterdir()
 
+    # Isolated: each trial is a `kft run --resume` or `kft run --params` process.
     resumed = _kft("tune", TINY_SEARCH, "--resume", str(tune_dir), "--trials", "2",
-                   "--retrain-best", "--output", "out", cwd=tmp_path)
+                   "--retrain-best", "--isolate", "--output", "out", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # The killed trial continued from its checkpoint in its own run directory.
     assert "Resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
@@ -201,6 +204,7 @@ def test_cli_search_killed_mid_trial_resumes_that_trial_and_retrains_the_best(
         assert [row["stage"] for row in csv.DictReader(handle)] == ["head", "finetune"]
     rows = _csv(tune_dir / "trials.csv")
     assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert _run_params(tune_dir, rows[1])["finetune_lr"] == float(rows[1]["finetune_lr"])
     assert "Trials" in resumed.stdout and "val_accuracy" in resumed.stdout
 
     best_params = json.loads((tune_dir / "best_params.json").read_text())

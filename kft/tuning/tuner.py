@@ -4,6 +4,8 @@ import dataclasses
 import gc
 import json
 import math
+import subprocess
+import sys
 import time
 from typing import Optional
 
@@ -55,7 +57,9 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
     searched params into `<tune dir>/trials/<id>/`, and reports the best value
     of the objective over its epochs. A trial that raises is recorded as
     failed with its message and the search goes on. Between trials Keras'
-    global state is cleared, so memory does not grow with the trial count.
+    global state is cleared; TensorFlow still keeps some of each trial's
+    traced graphs (bench/tuning_memory.py measures it), so long searches
+    should `isolate` their trials in processes of their own.
 
     Args:
         oracle: a keras-tuner oracle over the recipe's search space.
@@ -63,10 +67,13 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         tune_dir: the `TuneDirectory`.
         fixed: params every trial sets (`--set`, `--data`), typed.
         objective: the metric name; `direction`: `"min"` or `"max"`.
+        isolate: run each trial as a `kft run` process of its own, so all of
+            its memory returns to the system when it ends.
     """
 
-    def __init__(self, oracle, recipe, tune_dir, fixed, objective, direction):
+    def __init__(self, oracle, recipe, tune_dir, fixed, objective, direction, isolate=False):
         self.recipe = recipe
+        self.isolate = isolate
         self.tune_dir = tune_dir
         self.fixed = dict(fixed)
         self.objective = objective
@@ -141,9 +148,33 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         if earlier is not None and (earlier / "metrics.json").is_file():
             click.echo(f"The trial finished before the search stopped: {earlier}")
             return RunDirectory(earlier)
-        if earlier is not None and (earlier / "state.json").is_file():
-            return runner.run(self.recipe, resume=earlier).run_dir
+        resume = earlier if earlier is not None and (earlier / "state.json").is_file() else None
+        if self.isolate:
+            return self._run_process(folder, values, resume)
+        if resume is not None:
+            return runner.run(self.recipe, resume=resume).run_dir
         return runner.run(self.recipe, overrides={**self.fixed, **values}, output=folder).run_dir
+
+    def _run_process(self, folder, values, resume):
+        """Runs the trial as `kft run RECIPE_FILE` in a new Python process."""
+        if resume is not None:
+            args = ["--resume", str(resume)]
+        else:
+            params_file = folder / "params.json"
+            self.tune_dir.write_json(params_file, {**self.fixed, **values})
+            args = ["--params", str(params_file), "--output", str(folder)]
+        # The trial's output follows what this process printed before it.
+        sys.stdout.flush()
+        process = subprocess.run(
+            [sys.executable, "-m", "kft", "run", self.recipe.source, *args],
+            stderr=subprocess.PIPE, text=True,
+        )
+        sys.stderr.write(process.stderr)
+        if process.returncode != 0:
+            lines = [line for line in process.stderr.splitlines() if line.strip()]
+            raise RuntimeError(f"kft run exited with status {process.returncode}: "
+                               f"{lines[-1] if lines else 'no message'}")
+        return RunDirectory(_latest_run(folder))
 
     def on_trial_end(self, trial):
         try:
@@ -204,7 +235,7 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
 def tune(recipe, trials=10, tuner=None, objective=None, direction=None, overrides=None,
          data=None, output=None, resume=None, retrain_best=False, seed=None, max_failures=3,
-         factor=3):
+         factor=3, isolate=False):
     """Searches `recipe.search` with keras-tuner; each trial runs the whole recipe.
 
     Args:
@@ -231,6 +262,10 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
             random one).
         max_failures: stop after this many failed trials in a row.
         factor: Hyperband's reduction factor.
+        isolate: run each trial as `kft run RECIPE_FILE` in a process of its
+            own (the recipe must come from a file): TensorFlow keeps part of
+            each in-process trial's memory, a process returns all of it, for
+            a few seconds of start-up per trial.
 
     Returns:
         A `TuneResult`.
@@ -249,6 +284,9 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
     space.check(recipe.search, recipe.params, recipe.name)
     if trials < 1:
         raise KftError(f"--trials must be at least 1, got {trials}.")
+    if isolate and not recipe.source:
+        raise KftError("--isolate runs each trial as `kft run RECIPE_FILE`: load the recipe "
+                       "from its file with kft.recipe.load.")
     if resume is not None:
         if overrides or data:
             raise KftError("--resume continues with the search's saved params; drop --set/--data.")
@@ -276,7 +314,7 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
 
     oracle = _oracle(recipe, config, trials, max_failures)
     recipe_tuner = RecipeTuner(oracle, recipe, tune_dir, config["fixed"], config["objective"],
-                               config["direction"])
+                               config["direction"], isolate=isolate)
     click.echo(f"{config['tuner'].capitalize()} search of {', '.join(recipe.search)} "
                f"for the best {config['objective']} ({config['direction']}), "
                f"{len(oracle.trials)} of {trials} trial(s) done")
