@@ -1,4 +1,4 @@
-"""The `kft` command line: run, info, lr-find and export."""
+"""The `kft` command line: run, tune, info, lr-find and export."""
 
 import os
 import sys
@@ -48,18 +48,61 @@ def main():
 @click.option("--data", help="Training data: an image folder, tfds:NAME, ... (sets the 'data' param).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a hyperparameter; repeatable.")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False, exists=True),
+              help="A JSON file of hyperparameters (kft tune's best_params.json); --set wins.")
 @click.option("--output", type=click.Path(file_okay=False), help="Parent folder for the run directory (default runs/).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
 @strategy_option
-def run(recipe_file, data, overrides, output, resume, strategy):
+def run(recipe_file, data, overrides, params_file, output, resume, strategy):
     """Fine-tune with RECIPE_FILE; results go to a new run directory."""
     from kft import runner
 
     recipe = _load(recipe_file)
-    if resume and (overrides or data):
-        raise KftError("--resume continues with the run's saved hyperparameters; drop --set/--data.")
+    if resume and (overrides or data or params_file):
+        raise KftError(
+            "--resume continues with the run's saved hyperparameters; drop --set/--data/--params.")
+    if params_file:
+        from kft.recipe import read_params
+
+        overrides = [*read_params(params_file, recipe).items(), *overrides]
     runner.run(recipe, overrides=with_strategy(overrides, strategy), data=data, output=output,
                resume=resume)
+
+
+@main.command(cls=_RecipeCommand)
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--trials", default=10, show_default=True,
+              help="Trials in all; a resumed search counts those it ran. Caps Hyperband too.")
+@click.option("--tuner", type=click.Choice(["random", "bayesian", "hyperband"]),
+              help="Search algorithm (default random). Hyperband needs a Budget param.")
+@click.option("--objective", help="Metric to optimise at each trial's best epoch (default: the recipe's monitor).")
+@click.option("--direction", type=click.Choice(["min", "max"]),
+              help="Default: min for names with 'loss', else max.")
+@click.option("--data", help="Training data for every trial (sets the 'data' param).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Fix an unsearched hyperparameter for every trial; repeatable.")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="Parent folder for the tune directory and --retrain-best's run (default runs/).")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True),
+              help="Continue an interrupted search in this tune directory.")
+@click.option("--retrain-best", is_flag=True, help="Then train the best configuration as a normal run.")
+@click.option("--seed", type=click.IntRange(min=1), help="The tuner's random seed (default: random).")
+@click.option("--max-failures", default=3, show_default=True,
+              help="Stop after this many failed trials in a row.")
+@click.option("--isolate", is_flag=True,
+              help="Run each trial in a process of its own: memory stays flat over long searches.")
+@strategy_option
+def tune(recipe_file, trials, tuner, objective, direction, data, overrides, output, resume,
+         retrain_best, seed, max_failures, isolate, strategy):
+    """Search RECIPE_FILE's search space; each trial runs the whole recipe."""
+    from kft.tuning import tuner as tuning
+
+    tuning.tune(
+        _load(recipe_file), trials=trials, tuner=tuner, objective=objective,
+        direction=direction, overrides=with_strategy(overrides, strategy), data=data,
+        output=output, resume=resume,
+        retrain_best=retrain_best, seed=seed, max_failures=max_failures, isolate=isolate,
+    )
 
 
 @main.command()
@@ -130,9 +173,11 @@ def _echo_params(recipe):
     click.secho(f"Recipe {recipe.name!r} hyperparameters (--set KEY=VALUE):", bold=True)
     params = {**recipe.params, **{k: v for k, v in RUN_PARAMS.items() if k not in recipe.params}}
     width = max((len(key) for key in params), default=0)
+    search = recipe.search or {}
     for key, value in params.items():
         shared = "  run param" if key in RUN_PARAMS and key not in recipe.params else ""
-        click.echo(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__}){shared}")
+        searched = f"  kft tune: {search[key]!r}" if key in search else ""
+        click.echo(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__}){shared}{searched}")
 
 
 def entry_point():

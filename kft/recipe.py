@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import pathlib
 import sys
 import types
 from typing import Any, Callable, Optional, Sequence
@@ -98,6 +99,8 @@ class Recipe:
         jit_compile: `model.compile`'s `jit_compile` for every stage: `"auto"`
             (Keras' choice), `True` or `False` (XLA compilation of a
             transformer can take longer than a short run on CPU).
+        search: what `kft tune` searches: param name -> `kft.tuning.LogUniform`,
+            `Uniform`, `Int`, `Choice` or `Budget`; every name must be a param.
 
     Example:
     ```python
@@ -108,6 +111,7 @@ class Recipe:
         model=lambda p, data: kft.vision.image_classifier(
             "mobilenetv3small", len(data.class_names), image_size=96),
         stages=lambda p: [kft.Stage("head", epochs=2, train="head", lr=p.lr)],
+        search={"lr": kft.tuning.LogUniform(1e-4, 1e-2)},
     )
     ```
     """
@@ -123,21 +127,33 @@ class Recipe:
     callbacks: Optional[Callable] = None
     baseline: Any = None
     jit_compile: Any = "auto"
+    search: Optional[dict] = None
     # The file the recipe was loaded from (set by `load`); runs keep a copy.
     source: Optional[str] = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        from kft.tuning import space
+
+        space.check(self.search, self.defaults(), self.name)
+
+    def defaults(self):
+        """Every param this recipe takes with its default: its own and `RUN_PARAMS`."""
+        return {**RUN_PARAMS, **self.params}
 
     def resolve(self, overrides=None, data=None):
         """Returns the params with `--set` overrides applied, as a namespace.
 
         Args:
-            overrides: `key=value` strings or a dict of already-typed values.
+            overrides: a dict of values, or a sequence of `key=value` strings
+                and `(key, value)` pairs applied in order (later ones win).
             data: the `--data` value, stored as the `data` param.
         """
-        params = {**RUN_PARAMS, **self.params}
+        params = self.defaults()
         if isinstance(overrides, dict):
             pairs = list(overrides.items())
         else:
-            pairs = [_split_assignment(item) for item in overrides or ()]
+            pairs = [item if isinstance(item, tuple) else _split_assignment(item)
+                     for item in overrides or ()]
         for key, value in pairs:
             if key not in params:
                 raise KftError(
@@ -177,8 +193,38 @@ def _split_assignment(item):
     return key.strip(), value.strip()
 
 
+def read_params(path, recipe):
+    """Reads a JSON file of param values, e.g. the `best_params.json` of `kft tune`.
+
+    Args:
+        path: the JSON file: an object of param name -> value.
+        recipe: the `Recipe` whose params the file sets.
+
+    Returns:
+        A dict of the file's values, for `Recipe.resolve`.
+    """
+    try:
+        values = json.loads(pathlib.Path(path).read_text())
+    except OSError as error:
+        raise KftError(f"--params {path}: cannot read it ({error.strerror}).") from None
+    except ValueError as error:
+        raise KftError(f"--params {path}: not valid JSON ({error}).") from None
+    if not isinstance(values, dict):
+        raise KftError(f"--params {path}: expected a JSON object of param name -> value.")
+    unknown = sorted(set(values) - set(recipe.defaults()))
+    if unknown:
+        raise KftError(
+            f"--params {path} sets {', '.join(map(repr, unknown))}, not params of recipe "
+            f"{recipe.name!r} (known: {', '.join(sorted(recipe.defaults()))})."
+        )
+    return values
+
+
 def _convert(key, value, default):
     """Converts a `--set` string to the type of the param's default."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        # JSON writes 1.0 as 1.
+        return float(value)
     if not isinstance(value, str):
         return value
     try:

@@ -53,10 +53,15 @@ def summary_table(stage_rows):
             f"{row['trainable']:,}",
         ] + [_fmt(row["metrics"].get(name)) for name in metric_names]
         lines.append(cells)
-    widths = [max(len(h), *(len(cells[i]) for cells in lines)) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    return table(header, lines)
+
+
+def table(header, rows):
+    """Formats rows of strings under a header as aligned columns."""
+    widths = [max([len(h)] + [len(cells[i]) for cells in rows]) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in lines]
+    out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in rows]
     return "\n".join(out)
 
 

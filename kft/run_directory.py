@@ -23,6 +23,27 @@ import pathlib
 from kft.errors import KftError
 
 
+def new_directory(name, output=None):
+    """Makes and returns a new, never-used folder `<output>/<name>-<time>`.
+
+    Args:
+        name: the folder name's prefix, e.g. the recipe's name.
+        output: the parent folder (default `runs/`), made if missing.
+    """
+    root = pathlib.Path(output or "runs")
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{name}-{stamp}"
+    for attempt in range(1000):
+        path = root / (base if attempt == 0 else f"{base}-{attempt + 1}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise KftError(f"Could not find a free directory name under {root}.")
+
+
 class RunDirectory:
     """Paths and atomic writes for one run."""
 
@@ -32,20 +53,9 @@ class RunDirectory:
     @classmethod
     def create(cls, recipe_name, output=None):
         """Makes a new, never-used run directory under `output` (default `runs/`)."""
-        root = pathlib.Path(output or "runs")
-        root.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = f"{recipe_name}-{stamp}"
-        for attempt in range(1000):
-            path = root / (base if attempt == 0 else f"{base}-{attempt + 1}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            run = cls(path)
-            run.checkpoints.mkdir()
-            return run
-        raise KftError(f"Could not find a free run directory name under {root}.")
+        run = cls(new_directory(recipe_name, output))
+        run.checkpoints.mkdir()
+        return run
 
     @classmethod
     def existing(cls, path):

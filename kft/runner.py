@@ -126,7 +126,9 @@ def _run(recipe, params, strategy, output, resume):
         began = time.time()
         trainable = apply_stage_trainable(model, stage)
         report.stage_header(index, len(stages), stage, trainable, model.count_params())
-        if not (resumed and model.compiled):
+        # A checkpoint from the end of the previous stage holds that stage's
+        # optimizer; only one from within this stage carries on.
+        if not (resumed and model.compiled and state["epoch"] > starts[index]):
             compile_stage(model, recipe, stage, steps_per_epoch=_steps(dataset),
                           accumulate=params.accumulate)
             if _gradual(stage):

@@ -8,6 +8,7 @@ then the top blocks fine-tune at a lower rate with layer-wise decay.
 
     kft run recipes/fashion_mnist.py
     kft run recipes/fashion_mnist.py --set weights=none    # the random-init baseline
+    kft tune recipes/fashion_mnist.py --trials 8           # search the fine-tuning stage
 """
 
 import kft
@@ -60,4 +61,12 @@ recipe = kft.Recipe(
             warmup=p.warmup,
         ),
     ],
+    search={
+        "finetune_lr": kft.tuning.LogUniform(3e-5, 3e-3),
+        "layer_decay": kft.tuning.Uniform(0.5, 1.0, step=0.1),
+        "unfreeze": kft.tuning.Int(1, 4),
+        "dropout": kft.tuning.Choice(0.1, 0.2, 0.3),
+        # With --tuner hyperband: each trial fine-tunes 1 to 2 epochs.
+        "finetune_epochs": kft.tuning.Budget(),
+    },
 )
