@@ -84,7 +84,7 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         self.segment_ids = bool(segment_ids)
         if self.sequence_length < 3:
             raise KftError(f"sequence_length must be at least 3, got {sequence_length}.")
-        self._graph_align = None
+        self._traced = {}
 
     def call(self, x, y=None, sample_weight=None):
         if sample_weight is not None:
@@ -111,13 +111,26 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
             and each position's word number in its sentence, on the word's
             first piece only (`-1` elsewhere).
         """
-        if tf.executing_eagerly():
-            # keras-hub tokenizers run a pure Python path when eager; the
-            # alignment is written for the TensorFlow one.
-            if self._graph_align is None:
-                self._graph_align = tf.function(self._align, reduce_retracing=True)
-            return self._graph_align(_as_tensor(x), _labels_tensor(y))
-        return self._align(_as_tensor(x), _labels_tensor(y))
+        x, y = _as_tensor(x), _labels_tensor(y)
+        if not tf.executing_eagerly():
+            return self._align(x, y)
+        # Eager calls run a traced function: keras-hub tokenizers take a pure
+        # Python path when eager, and the alignment is written for the
+        # TensorFlow one. Tracing the tokenizer costs seconds, so the common
+        # inputs (a batch of sentence strings, with or without labels) get
+        # one trace for every batch size.
+        key = (isinstance(x, tf.RaggedTensor) or x.shape.rank != 1, y is None)
+        if key not in self._traced:
+            if key[0]:
+                function = tf.function(self._align, reduce_retracing=True)
+            elif key[1]:
+                function = tf.function(lambda x: self._align(x, None),
+                                       input_signature=[tf.TensorSpec([None], tf.string)])
+            else:
+                function = tf.function(self._align, input_signature=[
+                    tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.int32)])
+            self._traced[key] = function
+        return self._traced[key](x) if key == (False, True) else self._traced[key](x, y)
 
     def _align(self, x, y):
         words = _split_words(x)
@@ -273,9 +286,16 @@ class TokenClassifier(keras_hub.models.Task):
             metrics = [EntityF1()]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips this for models that override `compile`; without it a
+        # reloaded checkpoint has no optimizer and cannot resume training.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         config = super().get_config()
-        config.update({"tags": self.tags, "dropout": self.dropout})
+        config.update({"tags": list(self.tags), "dropout": self.dropout})
         return config
 
 
@@ -351,18 +371,16 @@ def predict_words(model, sentences, batch_size=32):
     texts = [s if isinstance(s, str) else " ".join(_check_words(s)) for s in sentences]
     if not texts:
         return []
-    preprocessor = model.preprocessor
-
-    def features_and_positions(batch):
-        features, _, positions = preprocessor.align(batch)
-        return features, positions
-
-    aligned = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size).map(features_and_positions)
-    # keras.Model's own predict: the features are already preprocessed, and it
-    # runs one compiled function instead of the layers one op at a time.
-    probabilities = keras.Model.predict(model, aligned.map(lambda f, p: f), verbose=0)
-    predicted = np.argmax(probabilities, axis=-1)
-    positions = np.concatenate([p.numpy() for _, p in aligned])
+    probabilities, positions = [], []
+    for begin in range(0, len(texts), batch_size):
+        features, _, batch_positions = model.preprocessor.align(tf.constant(texts[begin: begin + batch_size]))
+        # keras.Model's own predict_on_batch: the features are already
+        # preprocessed, and it runs one compiled function instead of the
+        # layers one op at a time.
+        probabilities.append(keras.Model.predict_on_batch(model, features))
+        positions.append(batch_positions.numpy())
+    predicted = np.argmax(np.concatenate(probabilities), axis=-1)
+    positions = np.concatenate(positions)
     tags = np.array(model.tags, dtype=object)
     results = []
     for text, row_positions, row_predicted in zip(texts, positions, predicted):
