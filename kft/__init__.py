@@ -12,6 +12,7 @@ from kft import export
 from kft import feature_cache
 from kft import freezing
 from kft import layers
+from kft import metrics
 from kft import optimizers
 from kft import peft
 from kft import schedules

@@ -68,3 +68,17 @@ def test_tag_names_and_datasets():
     again = token_labels.load(pairs, batch_size=4, validation_split=0.2, seed=1)
     assert [s.source for s in again.validation_sentences] == [
         s.source for s in data.validation_sentences]
+
+
+def test_wnut16_comes_from_its_package_with_a_seeded_hold_out():
+    from kft.data import wnut16
+
+    data = wnut16.load(validation_size=400, train_size=100, batch_size=50)
+    assert (data.num_train, data.num_validation) == (100, 400)
+    assert len(data.class_names) == 21  # O and B-/I- of 10 entity types
+    assert "B-geo-loc" in data.class_names and "I-person" in data.class_names
+    again = wnut16.load(validation_size=400, train_size=100, batch_size=50)
+    assert [s.source for s in again.validation_sentences] == [
+        s.source for s in data.validation_sentences]
+    with pytest.raises(KftError, match="validation_size"):
+        wnut16.load(validation_size=0)

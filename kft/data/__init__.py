@@ -1,4 +1,6 @@
-"""Training data: image folders, arrays and TFDS datasets as tf.data pipelines."""
+"""Training data: image folders, arrays, TFDS datasets and tagged words as tf.data pipelines."""
 
 from kft.data import fashion_mnist
 from kft.data import images
+from kft.data import token_labels
+from kft.data import wnut16
