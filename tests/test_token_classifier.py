@@ -39,8 +39,8 @@ def test_first_piece_carries_the_label_and_everything_else_is_masked(model):
     np.testing.assert_array_equal(weights.numpy()[0], [0, 1, 1, 1, 1] + [0] * 7)
     np.testing.assert_array_equal(x["padding_mask"].numpy()[1], [1] * 6 + [0] * 6)
     # Lists of words align the same way as the joined string.
-    words = tf.ragged.constant([s.split() for s in SENTENCES[:2]])
-    same_x, same_labels, _ = model.preprocessor(words, LABELS[:2])
+    words = [s.split() for s in SENTENCES[:2]]
+    same_x, same_labels, _ = model.preprocessor(words, np.array([[3, 0, 0, 1], [3, 0, 1, -1]]))
     np.testing.assert_array_equal(same_x["token_ids"], x["token_ids"])
     np.testing.assert_array_equal(same_labels, labels)
 

@@ -196,7 +196,10 @@ def _as_tensor(x):
         return x
     if isinstance(x, str):
         return tf.constant([x])
-    return tf.constant(list(x) if not isinstance(x, np.ndarray) else x)
+    x = list(x) if not isinstance(x, np.ndarray) else x
+    if len(x) and not isinstance(x[0], (str, bytes)):  # Lists of words.
+        return tf.ragged.constant([list(words) for words in x], dtype=tf.string)
+    return tf.constant(x, dtype=tf.string)
 
 
 def _labels_tensor(y):
@@ -205,7 +208,7 @@ def _labels_tensor(y):
     if isinstance(y, tf.RaggedTensor):
         return y.to_tensor(default_value=IGNORED)
     if isinstance(y, tf.Tensor):
-        return y
+        return tf.cast(y, "int32")
     try:
         return tf.ragged.constant(y, dtype="int32").to_tensor(default_value=IGNORED)
     except (ValueError, TypeError):
