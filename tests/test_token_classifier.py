@@ -28,43 +28,46 @@ def model(tiny_bert_dir):
     return token_classifier(tiny_bert_dir, TAGS, sequence_length=12)
 
 
-def test_first_piece_carries_the_label_and_everything_else_is_masked(model):
-    x, labels, weights = model.preprocessor(SENTENCES[:2], LABELS[:2])
+def test_first_piece_carries_the_label_and_everything_else_is_ignored(model):
+    x, labels = model.preprocessor(SENTENCES[:2], LABELS[:2])
     tokenizer = model.preprocessor.tokenizer
     pieces = [[tokenizer.id_to_token(int(i)) for i in row] for row in x["token_ids"].numpy()]
     assert pieces[1][:6] == ["[CLS]", "bob", "##s", "loved", "london", "[SEP]"]
     assert set(pieces[1][6:]) == {"[PAD]"}
-    np.testing.assert_array_equal(weights.numpy()[1], [0, 1, 0, 1, 1] + [0] * 7)
-    np.testing.assert_array_equal(labels.numpy()[1][:5], [0, 3, 0, 0, 1])
-    np.testing.assert_array_equal(weights.numpy()[0], [0, 1, 1, 1, 1] + [0] * 7)
+    np.testing.assert_array_equal(labels.numpy()[1], [-1, 3, -1, 0, 1] + [-1] * 7)
+    np.testing.assert_array_equal(labels.numpy()[0], [-1, 3, 0, 0, 1] + [-1] * 7)
     np.testing.assert_array_equal(x["padding_mask"].numpy()[1], [1] * 6 + [0] * 6)
     # Lists of words align the same way as the joined string.
     words = [s.split() for s in SENTENCES[:2]]
-    same_x, same_labels, _ = model.preprocessor(words, np.array([[3, 0, 0, 1], [3, 0, 1, -1]]))
+    same_x, same_labels = model.preprocessor(words, np.array([[3, 0, 0, 1], [3, 0, 1, -1]]))
     np.testing.assert_array_equal(same_x["token_ids"], x["token_ids"])
     np.testing.assert_array_equal(same_labels, labels)
 
 
 def test_words_the_tokenizer_drops_keep_a_position(model):
     # A zero-width space is a word to the whitespace split but no wordpiece.
-    x, labels, weights = model.preprocessor(["alice \u200b paris"], [[3, 0, 1]])
+    x, labels = model.preprocessor(["alice \u200b paris"], [[3, 0, 1]])
     unknown = model.preprocessor.tokenizer.token_to_id("[UNK]")
     assert x["token_ids"].numpy()[0][2] == unknown
-    np.testing.assert_array_equal(weights.numpy()[0][:5], [0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(labels.numpy()[0][:5], [-1, 3, 0, 1, -1])
     assert len(predict_words(model, ["alice \u200b paris"])[0]) == 3
 
 
-def test_masked_positions_do_not_change_the_loss(model):
-    loss_function = model.loss  # The default compile's: averaged over words.
-    x, labels, weights = model.preprocessor(SENTENCES, LABELS)
+def test_ignored_positions_do_not_change_the_loss(model):
+    loss_function = model.loss  # The default compile's.
+    x, labels = model.preprocessor(SENTENCES, LABELS)
+    labels = labels.numpy()
     probabilities = model(x).numpy()
-    loss = loss_function(labels, probabilities, sample_weight=weights)
-    masked = weights.numpy() == 0
+    loss = float(loss_function(labels, probabilities))
+    ignored = labels < 0
+    # The mean over words: positions labelled -1 count in neither sum nor count.
+    chosen = np.take_along_axis(probabilities, np.maximum(labels, 0)[..., None], -1)[..., 0]
+    assert loss == pytest.approx(-np.log(chosen[~ignored]).mean(), rel=1e-5)
     changed = probabilities.copy()
-    changed[masked] = np.random.default_rng(0).dirichlet(np.ones(len(TAGS)), masked.sum())
-    assert float(loss_function(labels, changed, sample_weight=weights)) == pytest.approx(float(loss))
-    changed[~masked] = np.roll(changed[~masked], 1, axis=-1)
-    assert float(loss_function(labels, changed, sample_weight=weights)) != pytest.approx(float(loss))
+    changed[ignored] = np.random.default_rng(0).dirichlet(np.ones(len(TAGS)), ignored.sum())
+    assert float(loss_function(labels, changed)) == pytest.approx(loss, rel=1e-6)
+    changed[~ignored] = np.roll(changed[~ignored], 1, axis=-1)
+    assert float(loss_function(labels, changed)) != pytest.approx(loss, rel=1e-3)
 
 
 def test_predictions_map_back_to_one_tag_per_word(model):

@@ -200,10 +200,10 @@ class EntityF1(keras.metrics.Metric):
     """Streaming entity-level F1 (or precision, or recall) for token classifiers.
 
     Counts exact span+type matches between the label ids and the predicted
-    scores' argmax, over the positions whose sample weight is positive (the
-    first wordpiece of each word; other pieces, special tokens and padding
-    are skipped, so words next to each other in the sentence are next to
-    each other here). Label ids are in kft's tag layout (see
+    scores' argmax, over the positions with a label: ids of -1 (a
+    `TokenClassifier`'s later wordpieces, special tokens and padding) and
+    positions of sample weight 0 are skipped, so words next to each other in
+    the sentence are next to each other here. Label ids are in kft's tag layout (see
     `check_tag_layout`): 0 is `O`, `2k - 1` is `B-` and `2k` is `I-` of
     type `k`.
 
@@ -230,10 +230,9 @@ class EntityF1(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "int32")
         y_pred = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
-        if sample_weight is None:
-            valid = ops.ones_like(y_true, dtype="bool")
-        else:
-            valid = ops.reshape(sample_weight, ops.shape(y_true)) > 0
+        valid = y_true >= 0
+        if sample_weight is not None:
+            valid = valid & (ops.reshape(sample_weight, ops.shape(y_true)) > 0)
         true_ids = _compact(y_true, valid)
         predicted_ids = _compact(y_pred, valid)
         true_start, true_type, true_end = _entity_marks(true_ids)

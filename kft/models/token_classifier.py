@@ -4,7 +4,10 @@ Labels belong to words; a BERT-style encoder sees wordpieces. The model's
 preprocessor splits each sentence on whitespace, tokenizes every word on its
 own and packs the pieces; the first piece of each word carries the word's
 label and every other position (later pieces, `[CLS]`, `[SEP]`, padding) gets
-sample weight 0, so it counts in neither the loss nor any metric.
+label -1, which the loss (`ignore_class=-1`) and `EntityF1` skip. The mask
+travels in the labels, not in sample weights, because Keras hands sample
+weights only to `weighted_metrics`: metrics given as `metrics=` (what
+`kft.Recipe` compiles with) would count padding and later pieces.
 `predict_words` reads the prediction of each word's first piece back.
 
 Why the preprocessor lives in the model: a `TokenClassifier` is a keras-hub
@@ -21,7 +24,7 @@ data = kft.data.token_labels.load("train.conll", validation="dev.conll")
 model = kft.text.token_classifier("minilm", data.class_names)
 model.compile(
     optimizer=keras.optimizers.AdamW(5e-5),
-    loss=keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight"),
+    loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=-1),
     metrics=[kft.metrics.entities.EntityF1()],
 )
 model.fit(data.train, validation_data=data.validation, epochs=3)
@@ -61,19 +64,19 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
             a ragged batch of words (`tf.RaggedTensor` of strings).
         y: optional word label ids, `[batch, words]`, dense with `-1` for
             words without a label (and as padding) or ragged.
-        sample_weight: must be `None`: the weights come from the alignment.
+        sample_weight: optional per-sentence weights `[batch]`, spread over
+            each sentence's positions.
 
     Returns:
-        `x` alone, or `(x, piece_labels, piece_weights)` when `y` is given:
+        `x` alone, or `(x, piece_labels)` (and weights) when `y` is given:
         `x` is a dict of int32 `token_ids`, `padding_mask` (and
         `segment_ids`), `[batch, sequence_length]`; each word's label sits on
-        its first piece with weight 1, other positions hold label 0 and
-        weight 0.
+        its first piece, every other position holds -1.
 
     Example:
     ```python
     preprocessor = TokenClassifierPreprocessor(tokenizer, sequence_length=8)
-    x, y, w = preprocessor(["Alice lives in Paris"], [[1, 0, 0, 3]])
+    x, y = preprocessor(["Alice lives in Paris"], [[1, 0, 0, 3]])
     ```
     """
 
@@ -87,16 +90,13 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         self._traced = {}
 
     def call(self, x, y=None, sample_weight=None):
-        if sample_weight is not None:
-            raise KftError(
-                "Token classification sets its own sample weights (first piece of each "
-                "word); pass word labels of -1 to leave words out instead."
-            )
         features, labels, _ = self.align(x, y)
         if y is None:
             return features
-        weights = tf.cast(labels != IGNORED, "float32")
-        return features, tf.maximum(labels, 0), weights
+        if sample_weight is not None:
+            sample_weight = tf.broadcast_to(
+                tf.reshape(tf.cast(sample_weight, "float32"), [-1, 1]), tf.shape(labels))
+        return keras.utils.pack_x_y_sample_weight(features, labels, sample_weight)
 
     def align(self, x, y=None):
         """Packs `x` and says which word each position's label belongs to.
@@ -234,7 +234,10 @@ class TokenClassifier(keras_hub.models.Task):
     piece's encoding to tag probabilities; `kft.layer_groups` puts it last
     as `head`. Training data is sentences with word label ids (see
     `kft.data.token_labels`); the preprocessor aligns them to pieces and
-    weights only first pieces.
+    labels every other position -1. Compile with a loss that skips -1
+    (`SparseCategoricalCrossentropy(ignore_class=-1)`, the default) and
+    `kft.metrics.entities.EntityF1`; Keras' `"accuracy"` would count the -1
+    positions as errors.
 
     Args:
         backbone: a keras-hub text backbone whose output is the sequence of
@@ -277,14 +280,14 @@ class TokenClassifier(keras_hub.models.Task):
         Args:
             optimizer: `"auto"` is Adam at 5e-5.
             loss: `"auto"` is sparse categorical cross-entropy averaged over
-                the words (the weighted positions), not over all pieces.
+                the words (positions labelled -1 are skipped).
             metrics: `"auto"` is `[kft.metrics.entities.EntityF1()]`.
             **kwargs: as for `keras.Model.compile`.
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(5e-5)
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
+            loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORED)
         if metrics == "auto":
             metrics = [EntityF1()]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
