@@ -28,7 +28,7 @@ from kft.metrics.entities import OUTSIDE
 from kft.metrics.entities import check_tag_layout
 from kft.metrics.entities import split_tag
 
-# Word label id padding in batches; the model gives such words no weight.
+# Word label id padding in batches; the model leaves such words out of the loss.
 PAD_LABEL = -1
 
 
