@@ -298,6 +298,10 @@ def _held_out(dataset):
 def _classification_reports(model, dataset, held_out, run_dir):
     """Per-class reports of the held-out sets; the confusion matrix of the last."""
     reports = {}
+    if len(model.outputs[0].shape) != 2:
+        # Not one prediction per example (a tagger): its recipe's metrics
+        # (entity F1) are the report.
+        return reports
     multi_label = bool(getattr(dataset, "multi_label", False))
     for name, data in held_out.items():
         reports[name] = evaluation.evaluate(model, data, dataset.class_names, multi_label)

@@ -1,4 +1,7 @@
-"""Evaluation beyond Keras metrics: per-class reports, confusion matrices, baselines."""
+"""Evaluation beyond Keras metrics: per-class reports, confusion matrices,
+entity-level scores for taggers, baselines."""
+
+from kft.evaluation import entities
 
 from kft.evaluation.classification import ClassificationReport
 from kft.evaluation.classification import evaluate

@@ -124,7 +124,8 @@ def _load_model(path):
     try:
         with zipfile.ZipFile(path) as archive:
             if b'"keras_hub' in archive.read("config.json"):
-                import keras_hub  # noqa: F401
+                # Imports keras-hub and registers kft's own keras-hub task.
+                import kft.models.token_classifier  # noqa: F401
         # kft.peft.load_model: LoRA and adapters inside keras-hub blocks too.
         from kft.peft import load_model
 

@@ -7,6 +7,9 @@ model saves to and reloads from a `.keras` file with its vocabulary. Its head
 (keras-hub's `classifier_dropout` and `logits` layers) is the group `"head"`
 for `kft.freeze` / `kft.unfreeze` and recipe stages; the encoder splits into
 `embeddings`, one group per transformer layer and `pooler`.
+
+Token classification (named entities) is `token_classifier` and
+`predict_words`; domain vocabulary is `add_tokens`.
 """
 
 import keras
@@ -14,6 +17,18 @@ import keras
 from kft.errors import KftError
 from kft.models import text_presets
 from kft.models.vocabulary import add_tokens  # noqa: F401  (kft.text.add_tokens)
+
+# Token classification subclasses keras-hub's Task, so it imports keras-hub,
+# which is slow: loaded on first use, and `import kft` stays fast.
+_TOKEN_CLASSIFICATION = ("token_classifier", "predict_words", "TokenClassifier")
+
+
+def __getattr__(name):
+    if name in _TOKEN_CLASSIFICATION:
+        from kft.models import token_classifier
+
+        return getattr(token_classifier, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def text_classifier(
