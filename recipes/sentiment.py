@@ -89,4 +89,11 @@ recipe = kft.Recipe(
     baseline=lambda p: "linear_probe" if p.baseline else None,
     # XLA compiles MiniLM's train step for longer than an epoch runs on CPU.
     jit_compile=False,
+    # kft tune recipes/sentiment.py --trials 8 --set baseline=false
+    search={
+        "lr": kft.tuning.LogUniform(5e-4, 5e-3),
+        "lora_rank": kft.tuning.Choice(4, 8, 16),
+        "warmup": kft.tuning.Uniform(0.0, 0.2, step=0.05),
+        "epochs": kft.tuning.Budget(),
+    },
 )

@@ -4,6 +4,7 @@ import pytest
 
 from kft.errors import KftError
 from kft.recipe import Recipe, Stage, load
+from tests.conftest import REPO
 
 
 def _recipe(**params):
@@ -103,3 +104,11 @@ def test_stages_must_be_stages():
     recipe = Recipe(name="x", params={}, data=None, model=None, stages=lambda p: ["nope"])
     with pytest.raises(KftError, match="stages must be kft.Stage"):
         recipe.build_stages(recipe.resolve())
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.py")), ids=lambda p: p.name)
+def test_shipped_recipes_load_and_resolve_their_defaults(path):
+    loaded = load(path)
+    params = loaded.resolve()
+    assert vars(params).keys() >= set(loaded.params)
+    assert loaded.build_stages(params)
