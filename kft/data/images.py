@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from kft.data.splits import stratified_holdout
 from kft.errors import KftError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -458,13 +459,7 @@ def _image_data(
 
 def _split(labels, validation_split, seed):
     """Holds out `validation_split` of each class (at least one image stays in training)."""
-    rng = np.random.default_rng(seed)
-    held_out = []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        count = min(int(round(validation_split * len(members))), len(members) - 1)
-        held_out.append(members[:count])
-    held_out = np.sort(np.concatenate(held_out)).astype(np.int64)
+    held_out = stratified_holdout(labels, validation_split, np.random.default_rng(seed))
     if validation_split > 0 and not len(held_out):
         raise KftError(
             f"validation_split={validation_split} of {len(labels)} images holds out no "

@@ -18,6 +18,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from kft.data.splits import stratified_holdout
 from kft.errors import KftError
 
 _TFDS_PREFIX = "tfds:"
@@ -398,7 +399,8 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
             parts[name] = (np.array(held[name].texts, dtype=object),
                            _targets(held[name], class_names, multi_label))
         elif fraction > 0:
-            taken = _take(strata[remaining], fraction * len(texts) / len(remaining), rng)
+            share = fraction * len(texts) / len(remaining)
+            taken = stratified_holdout(strata[remaining], share, rng)
             parts[name] = (texts[remaining[taken]], targets[remaining[taken]])
             remaining = np.delete(remaining, taken)
     train_texts, train_targets = texts[remaining], targets[remaining]
@@ -484,16 +486,6 @@ def _targets(rows, class_names, multi_label):
 def _strata(targets, multi_label):
     # Multi-label rows are stratified by their first label.
     return targets.argmax(axis=-1) if multi_label else targets
-
-
-def _take(strata, fraction, rng):
-    """Positions of `fraction` of each stratum (at least one row stays)."""
-    taken = []
-    for value in np.unique(strata):
-        members = rng.permutation(np.flatnonzero(strata == value))
-        count = min(int(round(fraction * len(members))), len(members) - 1)
-        taken.append(members[:count])
-    return np.sort(np.concatenate(taken)).astype(np.int64)
 
 
 def _oversampled(strata, rng):
