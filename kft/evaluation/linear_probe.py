@@ -7,11 +7,10 @@ features, and reports on the held-out sets. The model itself is not changed.
 """
 
 import keras
-import numpy as np
 
 from kft import feature_cache
 from kft.errors import KftError
-from kft.evaluation.classification import report
+from kft.evaluation.classification import evaluate
 
 
 def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100,
@@ -75,9 +74,7 @@ def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100
               verbose=0)
 
     multi_label = bool(getattr(data, "multi_label", False))
-    reports = {}
-    for name, dataset in held_features.items():
-        labels = np.concatenate([np.asarray(batch[1]) for batch in dataset])
-        probabilities = probe.predict(dataset.map(lambda x, *rest: x), verbose=0)
-        reports[name] = report(labels, probabilities, data.class_names, multi_label)
-    return reports
+    return {
+        name: evaluate(probe, dataset, data.class_names, multi_label)
+        for name, dataset in held_features.items()
+    }
