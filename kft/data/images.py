@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from kft.data import tfds_source
 from kft.data.splits import stratified_holdout
 from kft.errors import KftError
 
@@ -211,44 +212,18 @@ def from_tfds(name, image_size, batch_size=32, validation_split=0.2, seed=0, dat
     data = kft.data.images.from_tfds("cats_vs_dogs", image_size=224)
     ```
     """
-    import tensorflow_datasets as tfds
-
     image_size = _image_size(image_size)
     _check_options(batch_size, validation_split)
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise KftError(
-            f"There is no TFDS dataset named {name!r}. Pass a TFDS name "
-            "(see tfds.list_builders()) or a local image folder with --data DIR."
-        ) from error
-    keys = builder.info.supervised_keys
-    simple = keys and len(keys) == 2 and all(isinstance(key, str) for key in keys)
-    label_feature = builder.info.features[keys[1]] if simple else None
-    if not isinstance(label_feature, tfds.features.ClassLabel):
-        raise KftError(
-            f"TFDS dataset {name!r} is not made of (image, class label) pairs; "
-            "kft's image classifiers need one that is."
-        )
-    try:
-        builder.download_and_prepare()
-    except ImportError:
-        raise  # A broken installation, not a failed download.
-    except Exception as error:  # TFDS raises whatever its downloader hit.
-        raise KftError(
-            f"Could not download TFDS dataset {name!r} ({_root_cause(error)}). Without "
-            "network access, pass a local image folder with --data DIR (a subfolder "
-            "of images per class)."
-        ) from error
+    builder, class_names = tfds_source.prepared_builder(
+        name, data_dir, "image",
+        "a local image folder with --data DIR (a subfolder of images per class)")
     try:
         dataset = builder.as_dataset(split="train", as_supervised=True)
     except ValueError as error:
         raise KftError(f"TFDS dataset {name!r} has no 'train' split ({error}).") from error
 
     images, labels = _materialize(dataset, image_size)
-    return _image_data(
-        images, labels, list(label_feature.names), batch_size, validation_split, seed
-    )
+    return _image_data(images, labels, class_names, batch_size, validation_split, seed)
 
 
 def load(source, image_size, batch_size=32, validation_split=0.2, seed=0):
@@ -383,14 +358,6 @@ def _rgb(image):
         grey = np.clip(np.asarray(image, np.float64) / 257.0, 0, 255)
         image = Image.fromarray(np.round(grey).astype(np.uint8), "L")
     return image.convert("RGB")
-
-
-def _root_cause(error):
-    """The innermost error, in one line: the chains from network failures are long."""
-    while error.__cause__ or error.__context__:
-        error = error.__cause__ or error.__context__
-    lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[0][:150]}"
 
 
 def _materialize(dataset, image_size):

@@ -18,6 +18,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from kft.data import tfds_source
 from kft.data.splits import stratified_holdout
 from kft.errors import KftError
 
@@ -215,26 +216,8 @@ def from_tfds(name, validation_split=0.1, test_split=None, batch_size=32, seed=0
     Returns:
         A `TextData` with class names from the dataset's label feature.
     """
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise KftError(f"There is no TFDS dataset named {name!r} (see tfds.list_builders()).") from error
-    keys = builder.info.supervised_keys
-    simple = keys and len(keys) == 2 and all(isinstance(key, str) for key in keys)
-    label_feature = builder.info.features[keys[1]] if simple else None
-    if not isinstance(label_feature, tfds.features.ClassLabel):
-        raise KftError(f"TFDS dataset {name!r} is not made of (text, class label) pairs.")
-    try:
-        builder.download_and_prepare()
-    except ImportError:
-        raise
-    except Exception as error:  # TFDS raises whatever its downloader hit.
-        raise KftError(
-            f"Could not download TFDS dataset {name!r} ({type(error).__name__}). Without "
-            "network access, pass a CSV, TSV or JSON Lines file with --data FILE."
-        ) from error
+    builder, class_names = tfds_source.prepared_builder(
+        name, data_dir, "text", "a CSV, TSV or JSON Lines file with --data FILE")
 
     def read(split):
         texts, labels = [], []
@@ -248,7 +231,7 @@ def from_tfds(name, validation_split=0.1, test_split=None, batch_size=32, seed=0
         held["test"] = read("test")
     except (ValueError, KeyError):
         pass  # No test split: test_split holds one out of train.
-    return _text_data(read("train"), held, list(label_feature.names), validation_split,
+    return _text_data(read("train"), held, class_names, validation_split,
                       test_split or 0.0, batch_size, seed, balance, False)
 
 
