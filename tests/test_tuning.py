@@ -213,3 +213,16 @@ def test_cli_search_killed_mid_trial_resumes_that_trial_and_retrains_the_best(
     assert (retrained / "model.keras").is_file()
     params = json.loads((retrained / "params.json").read_text())
     assert {key: params[key] for key in best_params} == best_params
+
+
+def test_bayesian_search_fits_its_model_after_the_initial_random_trials(run_in_tmp):
+    # One searched param: keras-tuner draws 3 initial points at random, so the
+    # fourth trial's value comes from the Gaussian process (scikit-learn).
+    recipe = _recipe({"lr": LogUniform(1e-3, 1e-1)})
+    result = tune(recipe, trials=4, tuner="bayesian", seed=1)
+    rows = _csv(result.tune_dir.path / "trials.csv")
+    assert [row["status"] for row in rows] == ["completed"] * 4
+    values = [float(row["lr"]) for row in rows]
+    assert len(set(values)) == 4 and all(1e-3 <= value <= 1e-1 for value in values)
+    assert result.best.score == max(float(row["val_accuracy"]) for row in rows)
+    assert result.best_params == {"lr": result.best.values["lr"]}
