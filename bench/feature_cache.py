@@ -25,11 +25,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from kft.data import fashion_mnist  # noqa: E402
-from kft.feature_cache import cache_features  # noqa: E402
-from kft.feature_cache import can_cache  # noqa: E402
-from kft.feature_cache import compile_head  # noqa: E402
-from kft.feature_cache import split_at_head  # noqa: E402
+from kft.data.datasets import fashion_mnist  # noqa: E402
+from kft.training.feature_cache import cache_features  # noqa: E402
+from kft.training.feature_cache import can_cache  # noqa: E402
+from kft.training.feature_cache import compile_head  # noqa: E402
+from kft.training.feature_cache import split_at_head  # noqa: E402
 from kft.freezing import Norms  # noqa: E402
 from kft.freezing import freeze  # noqa: E402
 from kft.freezing import unfreeze  # noqa: E402

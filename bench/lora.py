@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from kft import assets  # noqa: E402
+from kft.internal import assets  # noqa: E402
 from kft import peft  # noqa: E402
 
 

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kft.export  # noqa: E402
-from kft.data import fashion_mnist  # noqa: E402
+from kft.data.datasets import fashion_mnist  # noqa: E402
 from kft.export import serving_export  # noqa: E402
 from kft.export import tflite  # noqa: E402
 from kft.models.vision import image_classifier  # noqa: E402

@@ -44,7 +44,7 @@ recipe = kft.Recipe(
 
 ARM = r"""
 import json, os, resource, sys
-from kft.recipe import load
+from kft.runs.recipe import load
 from kft.tuning.tuner import RecipeTuner, tune
 
 recipe_file, trials, backbone, arm, output = sys.argv[1:6]

@@ -6,11 +6,11 @@ with Keras, so `keras.saving.load_model` opens models that hold them.
 
 __version__ = "0.1.0"
 
-from kft import tensorflow_startup  # noqa: F401  (first: starts TF quietly)
+from kft.internal import tensorflow_startup  # noqa: F401  (first: starts TF quietly)
 from kft import data
 from kft import evaluation
 from kft import export
-from kft import feature_cache
+from kft.training import feature_cache
 from kft import freezing
 from kft import layers
 from kft import optimizers
@@ -24,8 +24,8 @@ from kft.freezing import freeze
 from kft.freezing import layer_groups
 from kft.freezing import prepare_optimizer
 from kft.freezing import unfreeze
-from kft.lr_finder import find_lr
+from kft.training.lr_finder import find_lr
 from kft.models import text
 from kft.models import vision
-from kft.recipe import Recipe
-from kft.recipe import Stage
+from kft.runs.recipe import Recipe
+from kft.runs.recipe import Stage

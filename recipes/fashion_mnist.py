@@ -34,7 +34,7 @@ recipe = kft.Recipe(
         cache_features=True,
         seed=0,
     ),
-    data=lambda p: kft.data.fashion_mnist.image_data(
+    data=lambda p: kft.data.datasets.fashion_mnist.image_data(
         train_size=p.train_size,
         validation_size=p.validation_size,
         image_size=(p.image_size, p.image_size),

@@ -21,7 +21,7 @@ def data(p):
     options = dict(batch_size=p.batch_size, validation_split=p.validation_split,
                    test_split=p.test_split, seed=p.seed, balance=p.balance or None)
     if p.data == _DEFAULT_DATA:
-        return kft.data.sentiment_sentences.text_data(limit=p.limit or None, **options)
+        return kft.data.datasets.sentiment_sentences.text_data(limit=p.limit or None, **options)
     return kft.data.text.load(p.data, text_column=p.text_column,
                               label_column=p.label_column, **options)
 

@@ -38,7 +38,7 @@ def run_script(source, timeout=300):
 
 def tiny_image_model(num_classes=3, image_size=16, name="tiny"):
     """A model with kft's layout: preprocess, a nested conv+BN backbone, head_*."""
-    from kft.models.image_preprocessing import ImagePreprocessing
+    from kft.layers.image_preprocessing import ImagePreprocessing
 
     backbone_in = keras.Input((image_size, image_size, 3))
     x = backbone_in

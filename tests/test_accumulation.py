@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import kft
-from kft import accumulation, schedules
-from kft.compiling import compile_stage, stage_learning_rate
+from kft import schedules
+from kft.training import accumulation
+from kft.runs.compiling import compile_stage, stage_learning_rate
 from kft.errors import KftError
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from kft.errors import KftError
 from kft.models.augmentation import augmentation
-from kft.models.image_preprocessing import ImagePreprocessing
+from kft.layers.image_preprocessing import ImagePreprocessing
 
 
 def photos(count=4, size=32, seed=0):

@@ -1,9 +1,9 @@
 import keras
 import numpy as np
 
-from kft.callbacks import RunCheckpoint, StageCSVLogger
-from kft.report import read_history
-from kft.run_directory import RunDirectory
+from kft.runs.callbacks import RunCheckpoint, StageCSVLogger
+from kft.runs.report import read_history
+from kft.runs.run_directory import RunDirectory
 
 
 def _model():

@@ -2,10 +2,10 @@ import keras
 import pytest
 
 from kft import schedules
-from kft.compiling import stage_learning_rate, stage_optimizer
+from kft.runs.compiling import stage_learning_rate, stage_optimizer
 from kft.errors import KftError
 from kft.optimizers import LayerwiseLR
-from kft.recipe import Stage
+from kft.runs.recipe import Stage
 from tests.conftest import tiny_image_model
 
 

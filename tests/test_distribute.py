@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kft import distribute
+from kft.training import distribute
 from kft.errors import KftError
 from tests.conftest import REPO, run_script
 
@@ -24,7 +24,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import json, os
 import numpy as np
-from kft import recipe as recipes, runner
+from kft.runs import recipe as recipes
+from kft.runs import runner
 """
 
 
@@ -86,7 +87,7 @@ print("RESULT " + json.dumps({{
 def test_mirrored_lora_and_bert_classifier_equal_one_device(tiny_bert_dir):
     completed = run_script(TWO_CPUS + f"""
 import keras, keras_hub, kft
-from kft import distribute
+from kft.training import distribute
 from tests.conftest import random_images
 
 def train(strategy_name, build, x, y):
@@ -152,7 +153,8 @@ def _free_ports(count):
 WORKER = """
 import json, os, sys
 import numpy as np
-from kft import recipe as recipes, runner
+from kft.runs import recipe as recipes
+from kft.runs import runner
 rec = recipes.load(sys.argv[1])
 result = runner.run(rec, overrides=["strategy=multi_worker", "gradual=false"], output=sys.argv[2])
 np.savez(sys.argv[3], *result.model.get_weights())

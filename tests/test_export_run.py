@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 import kft.export
-from kft import recipe as recipes
-from kft import runner
+from kft.runs import recipe as recipes
+from kft.runs import runner
 from kft.errors import KftError
 from tests.conftest import random_images
 

@@ -1,12 +1,12 @@
-"""kft.data.fashion_mnist: idx files from the Debian package, balanced subsets."""
+"""kft.data.datasets.fashion_mnist: idx files from the Debian package, balanced subsets."""
 
 import gzip
 
 import numpy as np
 import pytest
 
-from kft import assets
-from kft.data import fashion_mnist
+from kft.internal import assets
+from kft.data.datasets import fashion_mnist
 from kft.errors import KftError
 
 

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from kft.errors import KftError
-from kft.feature_cache import cache_features
-from kft.feature_cache import can_cache
-from kft.feature_cache import compile_head
-from kft.feature_cache import split_at_head
+from kft.training.feature_cache import cache_features
+from kft.training.feature_cache import can_cache
+from kft.training.feature_cache import compile_head
+from kft.training.feature_cache import split_at_head
 from kft.freezing import freeze
 from tests.freezing_models import tiny_classifier
 from tests.freezing_models import tiny_data

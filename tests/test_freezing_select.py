@@ -14,8 +14,8 @@ from kft.freezing import TopLayers
 from kft.freezing import Type
 from kft.freezing import Where
 from kft.freezing import parse_selector
-from kft.freezing.layer_tree import layer_tree
-from kft.freezing.select import resolve
+from kft.model_tree import layer_tree
+from kft.select import resolve
 from tests.freezing_models import tiny_classifier
 
 

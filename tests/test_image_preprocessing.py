@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras.applications import imagenet_utils
 
-from kft.models.image_preprocessing import ImagePreprocessing
+from kft.layers.image_preprocessing import ImagePreprocessing
 
 
 @pytest.mark.parametrize("mode", ["tf", "torch", "caffe"])

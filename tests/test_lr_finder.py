@@ -1,4 +1,4 @@
-"""Tests of kft.lr_finder: the sweep, its suggestions, and a model left as it was."""
+"""Tests of kft.training.lr_finder: the sweep, its suggestions, and a model left as it was."""
 
 import textwrap
 
@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from kft.errors import KftError
-from kft.lr_finder import LRFinderResult
-from kft.lr_finder import find_lr
+from kft.training.lr_finder import LRFinderResult
+from kft.training.lr_finder import find_lr
 from kft.optimizers import LayerwiseLR
 from kft.schedules import OneCycle
 from tests.conftest import random_images
@@ -154,7 +154,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from kft.lr_finder import find_lr
+    from kft.training.lr_finder import find_lr
     from kft.optimizers import LayerwiseLR
     from tests.test_lr_finder import assert_same_state, dataset, state
     from tests.conftest import tiny_image_model

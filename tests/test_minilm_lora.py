@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import kft
 from kft import peft
-from kft.data import sentiment_sentences
+from kft.data.datasets import sentiment_sentences
 
 # 98.5% of these sentences fit in 48 tokens; the cost grows with the length.
 SEQUENCE_LENGTH = 48

@@ -5,7 +5,9 @@ import keras_hub
 import numpy as np
 import pytest
 
-from kft import precision, recipe as recipes, runner
+from kft.training import precision
+from kft.runs import recipe as recipes
+from kft.runs import runner
 from kft.errors import KftError
 from kft.optimizers import LayerwiseLR
 from tests.conftest import REPO

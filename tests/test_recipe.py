@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 from kft.errors import KftError
-from kft.recipe import Recipe, Stage, load
+from kft.runs.recipe import Recipe, Stage, load
 from tests.conftest import REPO
 
 

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from kft.errors import KftError
-from kft.run_directory import RunDirectory
+from kft.runs.run_directory import RunDirectory
 
 
 def test_runs_never_share_a_directory(tmp_path):

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from kft import runner
+from kft.runs import runner
 from kft.data import images
-from kft.recipe import Recipe, Stage
+from kft.runs.recipe import Recipe, Stage
 from tests.conftest import random_images, tiny_image_model
 
 

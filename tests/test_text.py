@@ -6,7 +6,8 @@ import pytest
 
 import kft
 from kft.errors import KftError
-from kft.models import text, text_presets
+from kft.models import text
+from kft.models.weights import text_presets
 
 TEXTS = np.array(["the movie was good", "a terrible , boring film", "i loved it !", "bad"])
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from kft.data import sentiment_sentences, text
+from kft.data import text
+from kft.data.datasets import sentiment_sentences
 from kft.errors import KftError
 
 

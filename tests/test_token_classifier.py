@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 import kft
-from kft import runner
+from kft.runs import runner
 from kft.errors import KftError
 from kft.models.token_classifier import predict_words, token_classifier
-from kft.recipe import load as load_recipe
+from kft.runs.recipe import load as load_recipe
 from tests.conftest import REPO
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]

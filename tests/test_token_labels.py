@@ -71,7 +71,7 @@ def test_tag_names_and_datasets():
 
 
 def test_wnut16_comes_from_its_package_with_a_seeded_hold_out():
-    from kft.data import wnut16
+    from kft.data.datasets import wnut16
 
     data = wnut16.load(validation_size=400, train_size=100, batch_size=50)
     assert (data.num_train, data.num_validation) == (100, 400)

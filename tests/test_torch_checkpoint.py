@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kft.errors import KftError
-from kft.models.torch_checkpoint import load_torch_checkpoint
+from kft.models.weights.torch_checkpoint import load_torch_checkpoint
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 

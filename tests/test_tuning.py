@@ -15,7 +15,7 @@ import kft
 from kft.cli import main
 from kft.data import images
 from kft.errors import KftError
-from kft.recipe import Recipe, Stage
+from kft.runs.recipe import Recipe, Stage
 from kft.tuning import Budget, Choice, Int, LogUniform, Uniform
 from kft.tuning.tuner import tune
 from tests.conftest import random_images, tiny_image_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kft.errors import KftError
-from kft.models import text_presets
+from kft.models.weights import text_presets
 from kft.models.vocabulary import add_tokens
 from tests.text_models import VOCABULARY
 

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from kft import assets
+from kft.internal import assets
 from kft.errors import KftError
-from kft.models import weights
-from kft.models.torch_checkpoint import load_torch_checkpoint
+from kft.models.weights import efficientnet_lite0 as weights
+from kft.models.weights.torch_checkpoint import load_torch_checkpoint
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug

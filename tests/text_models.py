@@ -1,6 +1,6 @@
 """A tiny randomly initialised keras-hub BERT preset, for fast text tests.
 
-Real-checkpoint tests use all-MiniLM-L6-v2 (`kft.models.text_presets`);
+Real-checkpoint tests use all-MiniLM-L6-v2 (`kft.models.weights.text_presets`);
 mechanics (freezing, LoRA, saving, token alignment) are tested on this one,
 which loads through the same `from_preset` path in well under a second.
 """

@@ -2,13 +2,13 @@
 
 Fine-tuning is worth its cost only if it beats this. The probe runs the
 model's layers below the head once over the data in inference mode
-(`kft.feature_cache`), trains a freshly initialised copy of the head on those
+(`kft.training.feature_cache`), trains a freshly initialised copy of the head on those
 features, and reports on the held-out sets. The model itself is not changed.
 """
 
 import keras
 
-from kft import feature_cache
+from kft.training import feature_cache
 from kft.errors import KftError
 from kft.evaluation.classification import evaluate
 
@@ -40,7 +40,7 @@ def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100
 
     Example:
     ```python
-    data = kft.data.sentiment_sentences.text_data()
+    data = kft.data.datasets.sentiment_sentences.text_data()
     model = kft.text.text_classifier("minilm", 2, sequence_length=48)
     kft.evaluation.linear_probe(model, data)["test"].accuracy  # 0.8 or so
     ```

@@ -96,7 +96,7 @@ def _recipe_name(run):
 
 
 def _training_data(run, params, recipe):
-    from kft import recipe as recipes
+    from kft.runs import recipe as recipes
 
     if recipe is None:
         copy = run / RECIPE_COPY
@@ -119,7 +119,7 @@ def _load_model(path):
     # kft's serializable classes register on import; keras-hub's only when
     # keras-hub is imported, which is slow, so only for models that use it.
     import kft.layers  # noqa: F401
-    import kft.models.image_preprocessing  # noqa: F401
+    import kft.layers.image_preprocessing  # noqa: F401
 
     try:
         with zipfile.ZipFile(path) as archive:

@@ -20,11 +20,11 @@ nothing but normalization layers (`"norms"`, `"type:BatchNormalization"`).
 
 import dataclasses
 
-from kft.freezing.layer_tree import count_params
-from kft.freezing.layer_tree import is_batch_norm
-from kft.freezing.layer_tree import layer_tree
-from kft.freezing.select import Norms
-from kft.freezing.select import resolve
+from kft.model_tree import count_params
+from kft.model_tree import is_batch_norm
+from kft.model_tree import layer_tree
+from kft.select import Norms
+from kft.select import resolve
 
 
 @dataclasses.dataclass

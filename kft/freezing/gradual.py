@@ -15,11 +15,11 @@ import numpy as np
 from kft.errors import KftError
 from kft.freezing.freeze import unfreeze
 from kft.freezing.groups import layer_groups
-from kft.freezing.layer_tree import is_batch_norm
+from kft.model_tree import is_batch_norm
 from kft.freezing.prepare import prepare_optimizer
 from kft.freezing.prepare import trainable_candidates
 from kft.freezing.prepare import unknown_variables
-from kft.freezing.select import Where
+from kft.select import Where
 
 
 @keras.saving.register_keras_serializable(package="kft")

@@ -11,9 +11,9 @@ import re
 
 import keras
 
-from kft.freezing.layer_tree import count_params
-from kft.freezing.layer_tree import layer_tree
-from kft.freezing.layer_tree import units
+from kft.model_tree import count_params
+from kft.model_tree import layer_tree
+from kft.model_tree import units
 
 HEAD_PREFIX = "head_"
 

@@ -9,7 +9,7 @@ moments of variables that train early are never reset.
 """
 
 from kft.errors import KftError
-from kft.freezing.layer_tree import layer_tree
+from kft.model_tree import layer_tree
 
 
 def prepare_optimizer(model, optimizer=None, variables=None):

@@ -15,7 +15,7 @@ Token classification (named entities) is `token_classifier` and
 import keras
 
 from kft.errors import KftError
-from kft.models import text_presets
+from kft.models.weights import text_presets
 from kft.models.vocabulary import add_tokens  # noqa: F401  (kft.text.add_tokens)
 
 # Token classification subclasses keras-hub's Task, so it imports keras-hub,

@@ -41,7 +41,7 @@ import tensorflow as tf
 from kft.errors import KftError
 from kft.evaluation.entities import EntityF1
 from kft.evaluation.entities import check_tag_layout
-from kft.models import text_presets
+from kft.models.weights import text_presets
 
 # The label of positions that have none: later pieces of a word, special
 # tokens, padding, words cut off by `sequence_length`.

@@ -7,7 +7,7 @@ import keras
 
 from kft.errors import KftError
 from kft.models.augmentation import augmentation  # noqa: F401  (kft.vision.augmentation)
-from kft.models.image_preprocessing import ImagePreprocessing
+from kft.layers.image_preprocessing import ImagePreprocessing
 
 # name -> (keras.applications constructor name, preprocessing mode, extra kwargs).
 # Families whose constructor rescales internally take 0..255 ("none").
@@ -32,7 +32,7 @@ _APPLICATIONS = {
 }
 
 # Backbones kft can load with real ImageNet weights without a hub, from a
-# registry package (see kft.models.weights).
+# registry package (see kft.models.weights.efficientnet_lite0).
 _OFFLINE_KERAS_HUB = {"efficientnetlite0"}
 
 BACKBONES = tuple(sorted(_APPLICATIONS)) + ("efficientnet_lite0",)
@@ -128,7 +128,7 @@ def _backbone(name, weights, image_size):
     if key in _APPLICATIONS:
         return _applications_backbone(key, weights, image_size)
     if key in _OFFLINE_KERAS_HUB:
-        from kft.models import weights as weight_sources
+        from kft.models.weights import efficientnet_lite0 as weight_sources
 
         return _keras_hub_backbone(weight_sources.efficientnet_lite0_imagenet(), weights)
     if os.path.isdir(name) or "://" in name or _is_keras_hub_preset(name):

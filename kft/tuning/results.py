@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from kft import report
+from kft.runs import report
 from kft.errors import KftError
 
 # keras-tuner's trial statuses, as the table shows them. A trial still

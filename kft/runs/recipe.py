@@ -14,9 +14,9 @@ from kft.errors import KftError
 # Params every recipe takes without declaring them; a recipe that declares
 # one changes its default. Runs save them in params.json, so --resume keeps them.
 RUN_PARAMS = {
-    # kft.distribute.STRATEGY_NAMES; `kft run --strategy NAME` sets it.
+    # kft.training.distribute.STRATEGY_NAMES; `kft run --strategy NAME` sets it.
     "strategy": "auto",
-    # kft.precision.PRECISIONS: float32, mixed_float16, mixed_bfloat16.
+    # kft.training.precision.PRECISIONS: float32, mixed_float16, mixed_bfloat16.
     "precision": "float32",
     # Batches per optimizer update (gradient accumulation).
     "accumulate": 1,

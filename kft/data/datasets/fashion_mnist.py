@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from kft import assets
+from kft.internal import assets
 from kft.data import images
 from kft.errors import KftError
 
@@ -47,7 +47,7 @@ def load_arrays(train_size=None, test_size=None, seed=0):
 
     Example:
     ```python
-    (x, y), (x_test, y_test), names = kft.data.fashion_mnist.load_arrays(
+    (x, y), (x_test, y_test), names = kft.data.datasets.fashion_mnist.load_arrays(
         train_size=2000, test_size=500)
     ```
     """
@@ -74,7 +74,7 @@ def image_data(train_size=None, validation_size=None, image_size=None, batch_siz
 
     Example:
     ```python
-    data = kft.data.fashion_mnist.image_data(3000, 1000, image_size=96)
+    data = kft.data.datasets.fashion_mnist.image_data(3000, 1000, image_size=96)
     ```
     """
     (x_train, y_train), (x_test, y_test), class_names = load_arrays(

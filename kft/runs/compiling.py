@@ -2,7 +2,8 @@
 
 import keras
 
-from kft import accumulation, schedules
+from kft import schedules
+from kft.training import accumulation
 from kft.errors import KftError
 from kft.optimizers import LayerwiseLR
 

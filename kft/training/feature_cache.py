@@ -9,11 +9,11 @@ afterwards.
 
 Example:
 ```python
-ok, reason = kft.feature_cache.can_cache(model)
+ok, reason = kft.training.feature_cache.can_cache(model)
 if ok:
-    features, head = kft.feature_cache.split_at_head(model)
-    kft.feature_cache.compile_head(head, model)  # the model's optimizer, loss, metrics
-    head.fit(kft.feature_cache.cache_features(features, train_ds, shuffle=True),
+    features, head = kft.training.feature_cache.split_at_head(model)
+    kft.training.feature_cache.compile_head(head, model)  # the model's optimizer, loss, metrics
+    head.fit(kft.training.feature_cache.cache_features(features, train_ds, shuffle=True),
              epochs=10)
 ```
 """
@@ -28,8 +28,8 @@ from kft.errors import KftError
 from kft.freezing.groups import HEAD_PREFIX
 from kft.freezing.groups import head_layers
 from kft.freezing.groups import is_keras_hub_task
-from kft.freezing.layer_tree import is_batch_norm
-from kft.freezing.layer_tree import layer_tree
+from kft.model_tree import is_batch_norm
+from kft.model_tree import layer_tree
 
 
 def can_cache(model):

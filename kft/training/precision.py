@@ -38,7 +38,7 @@ def precision_policy(name):
 
     Example:
     ```python
-    with kft.precision.precision_policy("mixed_bfloat16"):
+    with kft.training.precision.precision_policy("mixed_bfloat16"):
         model = kft.vision.image_classifier("mobilenetv3small", 5)
     ```
     """

@@ -21,7 +21,7 @@ from kft.errors import KftError
 from kft.freezing.groups import HEAD_PREFIX
 from kft.freezing.groups import head_layers
 from kft.freezing.groups import layer_groups
-from kft.freezing.layer_tree import units
+from kft.model_tree import units
 
 SPEC_FORMS = (
     '"all", "head", "biases", "norms", "adapters", "top:N", "groups:N", "name:REGEX", '

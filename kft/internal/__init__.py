@@ -1,0 +1,1 @@
+"""kft's own plumbing, not public API: TensorFlow start-up, registry assets, argument checks."""

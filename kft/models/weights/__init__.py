@@ -1,0 +1,1 @@
+"""Where pretrained weights come from: registry packages, torch checkpoints, keras-hub presets."""
