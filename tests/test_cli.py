@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.helpers.process import REPO  # noqa: E402
 KFT = [sys.executable, "-m", "kft"]
-TINY = str(REPO / "tests" / "recipes" / "tiny.py")
+TINY = str(REPO / "tests" / "helpers" / "recipes" / "tiny.py")
 
 
 def kft(*args, cwd, env=None, timeout=600):

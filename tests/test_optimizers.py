@@ -12,7 +12,7 @@ from kft.errors import KftError
 from kft.optimizers import LayerwiseLR
 from kft.schedules import OneCycle
 from kft.schedules import WarmupDecay
-from tests.conftest import run_script
+from tests.helpers.process import run_script
 
 X = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(32, 3)).astype("float32")
@@ -89,8 +89,8 @@ def test_layer_decay_and_lr_range_spread_rates_over_groups():
 
 def test_layer_decay_over_the_models_layer_groups(tmp_path):
     from kft.freezing import layer_groups
-    from tests.conftest import random_images
-    from tests.conftest import tiny_image_model
+    from tests.helpers.tiny_models import random_images
+    from tests.helpers.tiny_models import tiny_image_model
 
     model = tiny_image_model()
     groups = layer_groups(model)

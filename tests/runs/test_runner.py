@@ -1,0 +1,108 @@
+"""The runner trains exactly what each stage declares, stage after stage."""
+
+import keras
+import numpy as np
+import pytest
+
+from kft.runs import runner
+from kft.data import images
+from kft.runs.recipe import Recipe, Stage
+from tests.helpers.tiny_models import random_images, tiny_image_model
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Records every weight when a stage's fit starts."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = None
+
+    def on_train_begin(self, logs=None):
+        self.weights = {v.path: keras.ops.convert_to_numpy(v).copy() for v in self.model.weights}
+
+
+def _run(stages, **params):
+    x, y = random_images(48)
+    return runner.run(Recipe(
+        name="tiny",
+        params=dict(seed=0, **params),
+        data=lambda p: images.from_arrays(x, y, batch_size=8, seed=p.seed),
+        model=lambda p, data: tiny_image_model(len(data.class_names)),
+        stages=lambda p: stages,
+    ))
+
+
+def _weights(model):
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_stage_two_trains_its_selection_and_nothing_else(run_in_tmp, train_bn):
+    snapshot = _Snapshot()
+    result = _run([
+        Stage("head", epochs=1, train="head", lr=0.05),
+        Stage("finetune", epochs=2, train="head,name:block2_.*", lr=0.05,
+              train_bn=train_bn, callbacks=[snapshot]),
+    ])
+    before, after = snapshot.weights, _weights(result.model)
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+
+    assert {"head_dense/kernel", "block2_conv/kernel", "block2_conv/bias"} <= changed
+    block2_bn = {path for path in before if path.startswith("block2_bn/")}
+    if train_bn:
+        # Trained BatchNorm: gamma/beta learn and moving statistics update.
+        assert block2_bn <= changed
+    else:
+        assert not (block2_bn & changed)
+    # Never selected: block1, its BatchNorm moving statistics included.
+    assert not {path for path in changed if path.startswith("block1_")}
+    assert {path for path in before if path.startswith("block1_bn/moving")} == {
+        "block1_bn/moving_mean", "block1_bn/moving_variance"}
+
+
+def test_head_stage_leaves_the_backbone_bit_identical(run_in_tmp):
+    built = {}
+    x, y = random_images(48)
+
+    def model(p, data):
+        built["model"] = tiny_image_model(len(data.class_names))
+        built["initial"] = _weights(built["model"])
+        return built["model"]
+
+    result = runner.run(Recipe(
+        name="tiny", params={"seed": 0},
+        data=lambda p: images.from_arrays(x, y, batch_size=8, seed=0),
+        model=model,
+        stages=lambda p: [Stage("head", epochs=2, train="head", lr=0.05)],
+    ))
+    after = _weights(result.model)
+    for path, value in built["initial"].items():
+        if path.startswith("head_"):
+            assert not np.array_equal(value, after[path]), path
+        else:
+            np.testing.assert_array_equal(value, after[path], err_msg=path)
+
+
+def test_metrics_and_summary_are_written(run_in_tmp):
+    result = _run([Stage("all", epochs=3, train="all", lr=0.05)])
+    assert result.metrics["final"]["val_accuracy"] > 0.5
+    assert set(result.metrics["stages"][0]) == {"name", "epochs", "seconds", "trainable", "metrics"}
+    assert result.run_dir.read_json("state.json")["epoch"] == 3
+    saved = keras.saving.load_model(result.run_dir.final_model)
+    probe = random_images(4)[0]
+    np.testing.assert_allclose(saved.predict(probe, verbose=0), result.model.predict(probe, verbose=0),
+                               rtol=1e-6)
+
+
+def test_gradual_unfreezing_inside_a_stage_trains_the_backbone_top_down(run_in_tmp):
+    from kft.freezing import GradualUnfreezing
+
+    snapshot = _Snapshot()
+    result = _run([
+        Stage("gradual", epochs=2, train="head", lr=0.05,
+              callbacks=[snapshot, GradualUnfreezing(every_epochs=1, verbose=0)]),
+    ])
+    before, after = snapshot.weights, _weights(result.model)
+    assert not np.array_equal(before["block2_conv/kernel"], after["block2_conv/kernel"])
+    # One unfreeze point: the lowest convolution never trained.
+    np.testing.assert_array_equal(before["block1_conv/kernel"], after["block1_conv/kernel"])
