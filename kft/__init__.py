@@ -16,6 +16,7 @@ from kft import layers
 from kft import optimizers
 from kft import peft
 from kft import schedules
+from kft import select
 from kft import tuning
 from kft.errors import KftError
 from kft.freezing import GradualUnfreezing

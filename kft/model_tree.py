@@ -1,15 +1,32 @@
 """The layer tree of a Keras model: every layer with its path, in order.
 
+One walker for all of kft: freezing, layer groups, LoRA targets, adapter
+files, learning-rate multipliers and error messages all see the same layers
+under the same paths. A path such as
+`bert_backbone/transformer_layer_0/self_attention_layer/query` is the
+`/`-joined layer names from the top model; it names a layer wherever it
+sits: in a functional graph, a nested model, or inside a keras-hub block.
+
 Keras 3 keeps two trainable switches: a flag on each layer and a flag on each
 variable. `layer.trainable = x` sets both for the layer and, recursively, for
 everything below it; `model.trainable_variables` then lists the variables whose
 own flag is set (provided the model's flag is set). Freezing part of a nested
 model therefore means setting flags node by node, which needs the tree.
+
+The module also holds what kft decides about single layers and variables
+(is it a normalization layer, a bias, which weights does it own), how it
+counts parameters and how it drops traced functions after a model changed.
 """
 
 import dataclasses
 
 import keras
+import numpy as np
+
+_LISTED = 40  # paths shown in an error message
+
+# kft's task models name their head layers so (`head_pool`, `head_dense`).
+HEAD_PREFIX = "head_"
 
 
 @dataclasses.dataclass(eq=False)
@@ -58,9 +75,20 @@ class LayerNode:
             yield node
             node = node.parent
 
+    def top_level(self):
+        """The ancestor (or this node) that is a direct child of the root."""
+        node = self
+        while node.parent is not None and node.parent.parent is not None:
+            node = node.parent
+        return node
+
     def variables(self):
         """The potentially trainable variables of this node and below."""
         return [v for node in self.walk() for v in node.own_variables]
+
+    def variable_path(self, variable):
+        """`<layer path>/<variable name>`, the path selections match variables by."""
+        return f"{self.path}/{variable.name}" if self.path else variable.name
 
     def is_effectively_trainable(self):
         """Whether the layer and every enclosing layer have their flag set."""
@@ -120,15 +148,188 @@ def units(root):
     return [node for node in root.walk() if node is not root and node.is_unit]
 
 
+def layer_paths(model):
+    """Every layer under `model` (input layers left out), by path, in tree order.
+
+    Args:
+        model: a Keras model or layer.
+
+    Returns:
+        A dict `{path: layer}`.
+    """
+    return {
+        node.path: node.layer
+        for node in layer_tree(model).walk()
+        if node.parent is not None and not isinstance(node.layer, keras.layers.InputLayer)
+    }
+
+
+def describe_paths(paths):
+    """A newline-separated listing of `{path: layer}` (truncated) for error messages."""
+    listed = [f"{p} ({type(layer).__name__})" for p, layer in paths.items()]
+    if len(listed) > _LISTED:
+        listed = listed[:_LISTED] + [f"... and {len(listed) - _LISTED} more"]
+    return "\n  ".join(listed) if listed else "(none)"
+
+
+# ------------------------------------------------------------ heads, tasks
+
+
+def head_layers(model):
+    """The top-level layers that form `model`'s head, input to output.
+
+    The head is the top-level layers named `head_*` (kft's task models), or,
+    for a keras-hub task without such layers (`BertTextClassifier`, ...),
+    every top-level layer besides its `backbone` and `preprocessor` (keras-hub
+    names them `logits`, `classifier_dropout`, ...). Anything else has no head.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        A list of layers, possibly empty.
+    """
+    layers = [
+        layer for layer in getattr(model, "layers", [])
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    named = [layer for layer in layers if layer.name.startswith(HEAD_PREFIX)]
+    if named or not is_keras_hub_task(model):
+        return named
+    body = {id(getattr(model, "backbone", None)), id(getattr(model, "preprocessor", None))}
+    return [layer for layer in layers if id(layer) not in body]
+
+
+def is_keras_hub_task(model):
+    """Whether `model` is a keras-hub `Task` (tested without importing keras-hub)."""
+    return any(
+        cls.__name__ == "Task" and cls.__module__.startswith("keras_hub.")
+        for cls in type(model).__mro__
+    )
+
+
+# ------------------------------------------------------- layers and variables
+
+
+def own_weights(layer):
+    """The variables `layer` created itself (trainable or not), not its sublayers'."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
 def is_batch_norm(layer):
+    """BatchNormalization: the one normalization with moving statistics."""
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
+_NORM_TYPES = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.RMSNormalization,
+    keras.layers.UnitNormalization,
+)
+
+
+def is_norm_layer(layer):
+    """Normalization layers: BatchNorm, LayerNorm, GroupNorm, RMSNorm and
+    look-alikes of other libraries (a class name holding "Norm").
+
+    `keras.layers.Normalization` is input standardisation, not a norm layer.
+    """
+    if isinstance(layer, keras.layers.Normalization):
+        return False
+    return isinstance(layer, _NORM_TYPES) or "Norm" in type(layer).__name__
+
+
+def is_bias_variable(variable):
+    """Biases, BitFit's sense: `bias` of any layer, `beta` of norms, `*_bias`."""
+    name = variable.name.split("/")[-1]
+    return name in ("bias", "beta") or name.endswith("_bias")
+
+
+def is_norm_variable_path(path):
+    """Whether a variable path (no layer at hand) looks like a norm layer's
+    parameter: `gamma`/`beta`, or `scale` of a layer whose name holds "norm".
+
+    Only for variables whose layer is unknown (an optimizer built without its
+    model); with a model, `is_norm_layer` decides by the layer's type.
+    """
+    segments = path.split("/")
+    if segments[-1] in ("gamma", "beta"):
+        return True
+    return segments[-1] == "scale" and len(segments) > 1 and "norm" in segments[-2].lower()
+
+
+# ----------------------------------------------------------------- counting
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterCount:
+    """Trainable and total parameters of a model.
+
+    Attributes:
+        trainable: parameters the optimizer updates.
+        total: all weights (base, adapters, head, BatchNorm statistics).
+    """
+
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self):
+        """`trainable / total`."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self):
+        return (
+            f"trainable params: {self.trainable:,} || all params: "
+            f"{self.total:,} || trainable%: {100 * self.fraction:.4f}"
+        )
+
+
 def count_params(variables):
-    total = 0
-    for variable in variables:
-        size = 1
-        for dim in variable.shape:
-            size *= int(dim)
-        total += size
-    return total
+    """Number of scalars in `variables`."""
+    return int(sum(int(np.prod(variable.shape)) for variable in variables))
+
+
+def count_parameters(model):
+    """Counts `model`'s trainable and total parameters.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        A `ParameterCount`.
+    """
+    return ParameterCount(count_params(model.trainable_weights), count_params(model.weights))
+
+
+# ------------------------------------------------------- compiled functions
+
+
+def reset_compiled_functions(model, forward_changed=True):
+    """Makes `model` trace its functions again after what it computes or
+    trains changed.
+
+    Traced functions keep the graph and the variable list they were traced
+    with. The top model's train function is re-made at once (so a callback
+    can change what trains in the middle of `fit`, whose loop calls it each
+    step); when the forward pass changed too (LoRA merged or switched, an
+    embedding grown), every other traced function of the model and of the
+    models inside it is dropped and traced again on use.
+
+    Args:
+        model: a Keras model.
+        forward_changed: `False` when only what trains changed (freezing):
+            evaluation and prediction stay as traced.
+    """
+    if getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
+    if not forward_changed:
+        return
+    for layer in [model] + list(model._flatten_layers(include_self=False)):
+        if isinstance(layer, keras.Model):
+            if layer is not model:
+                layer.train_function = None
+            layer.test_function = None
+            layer.predict_function = None

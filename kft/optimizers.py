@@ -10,22 +10,23 @@ optimizers such as Adam normalise gradients, so scaling them changes nothing.
 
 import math
 import numbers
-import re
 
 import keras
 from keras import backend
 from keras import ops
 
 from kft.errors import KftError
+from kft.internal.checks import is_number
+from kft.model_tree import layer_tree
+from kft.select import Selection
+from kft.select import as_selector
+from kft.select import resolve
+from kft.select import select_variables
 
-# Variables left out of weight decay by default, searched in variable paths:
-# biases, normalization parameters (BatchNorm/LayerNorm gamma and beta,
-# RMSNorm scale) and position-embedding tables.
-NO_DECAY = (
-    r"(^|/)(bias|gamma|beta)$",
-    r"norm[^/]*/scale$",
-    r"position_embedding",
-)
+# Variables left out of weight decay by default (a kft selection): biases,
+# normalization parameters (BatchNorm/LayerNorm gamma and beta, RMSNorm
+# scale) and position-embedding tables.
+NO_DECAY = "biases,norms,position_embedding"
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -39,10 +40,11 @@ class LayerwiseLR(keras.optimizers.Optimizer):
     starts training later gets its own rate.
 
     Where a variable's multiplier comes from, first match first:
-    1. `multipliers`: keys are layer group names or regular expressions
-       searched in the variable's path (`variable.path`, e.g.
-       `"block1_conv/kernel"`, and, when the groups come from `model`, its
-       path through the model, e.g. `"backbone/block1_conv/kernel"`).
+    1. `multipliers`: keys are layer group names or selections in kft's
+       selection language (`kft.select`: `"backbone/conv5_.*"`, `"norms"`,
+       `"head_dense/bias"`). With `model`, selections are resolved on its
+       layer tree; without, names are matched against Keras'
+       `variable.path` (e.g. `"block1_conv/kernel"`).
     2. its group's rate from `layer_decay` or `lr_range`.
     3. 1.0 (variables outside every group).
 
@@ -50,9 +52,9 @@ class LayerwiseLR(keras.optimizers.Optimizer):
     weight decay).
 
     Weight decay is decoupled (as in AdamW: `w -= lr * multiplier *
-    weight_decay * w`, before the update) and skips variables whose path
-    matches a `no_decay` pattern: by default biases, normalization
-    parameters and position-embedding tables. The wrapped optimizer's own
+    weight_decay * w`, before the update) and skips the variables the
+    `no_decay` selection picks: by default biases, normalization parameters
+    and position-embedding tables. The wrapped optimizer's own
     weight decay (e.g. AdamW's) is taken over by this rule.
 
     When the learning rate is a `kft.schedules.OneCycle`, the optimizer's
@@ -61,7 +63,7 @@ class LayerwiseLR(keras.optimizers.Optimizer):
 
     Args:
         optimizer: the Keras optimizer to wrap (not yet used), or its name.
-        multipliers: dict of group name or path regex -> multiplier.
+        multipliers: dict of layer group name or selection -> multiplier.
         layer_decay: layer-wise rate decay: the group `k` groups below the
             top (the head) gets `layer_decay ** k`. Needs layer groups.
         lr_range: `(lowest, highest)` multipliers spread geometrically over
@@ -70,16 +72,19 @@ class LayerwiseLR(keras.optimizers.Optimizer):
             `lr_range=(0.01, 1.0)`). Needs layer groups.
         weight_decay: decoupled weight decay; `None` takes the wrapped
             optimizer's (`AdamW`'s), 0 turns it off.
-        no_decay: regular expressions (or one) of variable paths that weight
-            decay skips; `()` decays every variable.
-        model: the model, for its layer groups (`kft.layer_groups(model)`);
-            not needed for `multipliers` by path alone.
+        no_decay: what weight decay skips, a selection (`"biases,norms"`,
+            `["bias", "embeddings"]`); `()` decays every variable.
+        model: the model, for its layer groups (`kft.layer_groups(model)`)
+            and layer tree; not needed for `multipliers` by name alone.
         groups: explicit layer groups instead of the model's, input to
             output: each a `kft.LayerGroup`, a layer, or a list of layers or
             variables.
         variable_multipliers: resolved `{variable path: multiplier}`; written
             by `get_config` so a saved model reloads with its rates. Takes
             precedence over everything else for the paths it names.
+        no_decay_variables: resolved variable paths that weight decay skips;
+            written by `get_config` (a reloaded optimizer has no model to
+            resolve `no_decay` on). Takes precedence over `no_decay`.
         name: optional name.
 
     Example:
@@ -104,6 +109,7 @@ class LayerwiseLR(keras.optimizers.Optimizer):
         model=None,
         groups=None,
         variable_multipliers=None,
+        no_decay_variables=None,
         name=None,
     ):
         super().__init__(learning_rate=0.0, name=name)
@@ -116,10 +122,14 @@ class LayerwiseLR(keras.optimizers.Optimizer):
             raise KftError("LayerwiseLR: give layer_decay or lr_range, not both.")
         if weight_decay is None:
             weight_decay = optimizer.weight_decay or 0.0
-        if not _is_number(weight_decay) or weight_decay < 0:
+        if not is_number(weight_decay) or weight_decay < 0:
             raise KftError(f"LayerwiseLR: weight_decay must be 0 or more, got {weight_decay!r}.")
         self.decoupled_weight_decay = float(weight_decay)
         self.no_decay = _check_no_decay(no_decay)
+        self._no_decay_given = (
+            None if no_decay_variables is None else {str(p) for p in no_decay_variables}
+        )
+        self._exempt = []
         if optimizer.weight_decay is not None:
             # This wrapper applies the decay, scaled per variable; an empty
             # pattern keeps the wrapped optimizer from decaying anything again.
@@ -130,8 +140,6 @@ class LayerwiseLR(keras.optimizers.Optimizer):
         # from a config, which knows no model), and everything resolved so far
         # by path, for get_config.
         self._by_id = {}
-        self._model_paths = {}
-        self._group_names = []
         self._given = _check_variable_multipliers(variable_multipliers)
         self._resolved = {}
         if model is not None and groups is not None:
@@ -140,17 +148,26 @@ class LayerwiseLR(keras.optimizers.Optimizer):
             self.layer_decay is not None or self.lr_range is not None or bool(self.multipliers)
         )
         if groups is not None:
-            self._resolve_groups(_explicit_groups(groups), model_variables=None)
+            groups = _explicit_groups(groups)
         elif model is not None and needs_groups:
             from kft.freezing import layer_groups
 
-            groups = _model_groups(layer_groups(model))
-            self._resolve_groups(groups, model_variables=model.variables)
+            groups = [(g.name, list(g.variables)) for g in layer_groups(model)]
         elif (self.layer_decay is not None or self.lr_range is not None) and not self._given:
             raise KftError(
                 "LayerwiseLR: layer_decay and lr_range need the model's layer groups; pass "
                 "model=... (uses kft.layer_groups) or groups=[...]."
             )
+        self._group_names = [name for name, _ in groups or ()]
+        # What each selection key and `no_decay` pick, by variable identity:
+        # resolved on the model's tree now, or on bare variables at build.
+        self._selected = {}
+        self._no_decay_ids = None
+        if model is not None:
+            self._select_in_tree(layer_tree(model))
+        if groups is not None:
+            model_variables = model.variables if model is not None else ()
+            self._resolve_groups(groups, model_variables)
 
         # Filled by build, keyed by the wrapped optimizer's variable keys.
         self._rates = {}
@@ -163,21 +180,50 @@ class LayerwiseLR(keras.optimizers.Optimizer):
 
     # Resolution of multipliers.
 
+    def _select_in_tree(self, root):
+        for key in self._selection_keys():
+            try:
+                chosen = resolve(key, root)
+            except KftError as error:
+                raise KftError(
+                    f"LayerwiseLR: multipliers key {key!r} is no layer group name and "
+                    f"selects nothing: {error}{self._groups_hint()}"
+                ) from None
+            self._selected[key] = set(chosen.variables)
+        self._no_decay_ids = set(_lenient_resolve(self.no_decay, root).variables)
+
+    def _select_variables(self, variables):
+        """Resolves the keys not resolved on a tree, on Keras variable paths."""
+        for key in self._selection_keys():
+            if key in self._selected:
+                continue
+            chosen = select_variables(key, variables)
+            if not chosen:
+                examples = ", ".join(v.path for v in variables[:3])
+                raise KftError(
+                    f"LayerwiseLR: multipliers key {key!r} is no layer group name and "
+                    f"matches no variable path (paths look like {examples})."
+                    f"{self._groups_hint()}"
+                )
+            self._selected[key] = {id(v) for v in chosen}
+
+    def _selection_keys(self):
+        return [key for key in self.multipliers if key not in self._group_names]
+
+    def _groups_hint(self):
+        return f" Groups: {', '.join(self._group_names)}." if self._group_names else ""
+
     def _resolve_groups(self, groups, model_variables):
-        self._group_names = [name for name, _, _ in groups]
+        variables = [v for _, group in groups for v in group] + list(model_variables)
+        self._select_variables(variables)
         rates = self._group_rates(len(groups))
-        for (name, variables, model_paths), rate in zip(groups, rates):
-            for variable in variables:
-                if id(variable) in self._by_id:
-                    continue
-                if model_paths is not None:
-                    self._model_paths[id(variable)] = model_paths[id(variable)]
-                self._by_id[id(variable)] = self._explicit_rate(variable, name, rate)
-        for variable in model_variables or ():
+        for (name, group), rate in zip(groups, rates):
+            for variable in group:
+                if id(variable) not in self._by_id:
+                    self._by_id[id(variable)] = self._explicit_rate(variable, name, rate)
+        for variable in model_variables:
             if id(variable) not in self._by_id:
                 self._by_id[id(variable)] = self._explicit_rate(variable, None, 1.0)
-        variables = [v for _, group, _ in groups for v in group] + list(model_variables or ())
-        self._check_keys_used(variables, {name for name, group, _ in groups if group})
         for variable in variables:
             self._resolved[variable.path] = self._rate_for(variable)
 
@@ -192,29 +238,19 @@ class LayerwiseLR(keras.optimizers.Optimizer):
         return [1.0] * count
 
     def _explicit_rate(self, variable, group_name, default):
-        paths = self._paths(variable)
         for key, value in self.multipliers.items():
-            if key == group_name or (key not in self._group_names and any(
-                re.search(key, path) for path in paths
-            )):
+            if key == group_name or id(variable) in self._selected.get(key, ()):
                 return value
         return default
 
-    def _paths(self, variable):
-        model_path = self._model_paths.get(id(variable))
-        return (variable.path,) if model_path is None else (variable.path, model_path)
-
-    def _check_keys_used(self, variables, group_names):
-        for key in self.multipliers:
-            if key in group_names:
-                continue
-            if not any(re.search(key, path) for v in variables for path in self._paths(v)):
-                known = f" Groups: {', '.join(self._group_names)}." if self._group_names else ""
-                examples = ", ".join(v.path for v in variables[:3])
-                raise KftError(
-                    f"LayerwiseLR: multipliers key {key!r} is no layer group name and matches "
-                    f"no variable path (paths look like {examples}).{known}"
-                )
+    def _skips_decay(self, variable):
+        if self._no_decay_given is not None:
+            return variable.path in self._no_decay_given
+        if not self.no_decay:
+            return False
+        if self._no_decay_ids is not None:  # resolved on the model's tree
+            return id(variable) in self._no_decay_ids
+        return bool(select_variables(self.no_decay, [variable]))
 
     def _rate_for(self, variable):
         if variable.path in self._given:
@@ -255,17 +291,16 @@ class LayerwiseLR(keras.optimizers.Optimizer):
             return
         var_list = list(var_list)
         if not self._by_id and not self._given:
-            self._check_keys_used(var_list, set())
+            self._select_variables(var_list)
         inner = self.inner_optimizer
         for variable in var_list:
             key = inner._var_key(variable)
             self._rates[key] = self._rate_for(variable)
-            if self.decoupled_weight_decay and not any(
-                re.search(pattern, path)
-                for pattern in self.no_decay
-                for path in self._paths(variable)
-            ):
-                self._decayed.add(key)
+            if self.decoupled_weight_decay:
+                if self._skips_decay(variable):
+                    self._exempt.append(variable.path)
+                else:
+                    self._decayed.add(key)
             self._resolved[variable.path] = self._rates[key]
         inner.build(var_list)
         super().build(var_list)
@@ -362,8 +397,12 @@ class LayerwiseLR(keras.optimizers.Optimizer):
             "layer_decay": self.layer_decay,
             "lr_range": None if self.lr_range is None else list(self.lr_range),
             "weight_decay": self.decoupled_weight_decay,
-            "no_decay": list(self.no_decay),
+            "no_decay": self.no_decay,
             "variable_multipliers": self.variable_multipliers or None,
+            "no_decay_variables": (
+                sorted(self._exempt) if self.built and self.decoupled_weight_decay
+                else None if self._no_decay_given is None else sorted(self._no_decay_given)
+            ),
         }
 
     @classmethod
@@ -481,20 +520,21 @@ def _check_multipliers(multipliers):
         return {}
     if not isinstance(multipliers, dict):
         raise KftError(
-            "LayerwiseLR: multipliers must be a dict of group name or path regex -> "
+            "LayerwiseLR: multipliers must be a dict of layer group name or selection -> "
             f"multiplier, got {type(multipliers).__name__}."
         )
     checked = {}
     for key, value in multipliers.items():
         if not isinstance(key, str):
-            raise KftError(f"LayerwiseLR: multipliers key {key!r} must be a string.")
-        try:
-            re.compile(key)
-        except re.error as error:
             raise KftError(
-                f"LayerwiseLR: multipliers key {key!r} is not a valid regular expression: {error}."
-            ) from None
-        if not _is_number(value) or value < 0:
+                f"LayerwiseLR: multipliers key {key!r} must be a group name or a selection "
+                "string (a saved model keeps its keys)."
+            )
+        try:
+            as_selector(key)
+        except KftError as error:
+            raise KftError(f"LayerwiseLR: multipliers key {key!r}: {error}") from None
+        if not is_number(value) or value < 0:
             raise KftError(
                 f"LayerwiseLR: multiplier for {key!r} must be a number of 0 or more, got {value!r}."
             )
@@ -505,7 +545,7 @@ def _check_multipliers(multipliers):
 def _check_layer_decay(layer_decay):
     if layer_decay is None:
         return None
-    if not _is_number(layer_decay) or not 0.0 < layer_decay <= 1.0:
+    if not is_number(layer_decay) or not 0.0 < layer_decay <= 1.0:
         raise KftError(
             f"LayerwiseLR: layer_decay must be in (0, 1] (e.g. 0.9), got {layer_decay!r}."
         )
@@ -529,16 +569,28 @@ def _check_lr_range(lr_range):
 
 
 def _check_no_decay(no_decay):
-    patterns = (no_decay,) if isinstance(no_decay, str) else tuple(no_decay or ())
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as error:
-            raise KftError(
-                f"LayerwiseLR: no_decay pattern {pattern!r} is not a valid regular expression: "
-                f"{error}."
-            ) from None
-    return patterns
+    if no_decay is None or (isinstance(no_decay, (list, tuple)) and not no_decay):
+        return ()
+    if isinstance(no_decay, tuple):
+        no_decay = list(no_decay)
+    parts = no_decay if isinstance(no_decay, list) else [no_decay]
+    if not all(isinstance(part, str) for part in parts):
+        raise KftError(
+            f"LayerwiseLR: no_decay must be a selection string or a list of them, got "
+            f"{no_decay!r} (a saved model keeps it)."
+        )
+    try:
+        as_selector(no_decay)
+    except KftError as error:
+        raise KftError(f"LayerwiseLR: no_decay {no_decay!r}: {error}") from None
+    return no_decay
+
+
+def _lenient_resolve(select, root):
+    """The variables `select` picks, where parts that match nothing are fine."""
+    if select == ():
+        return Selection({}, {})
+    return as_selector(select).resolve(root)
 
 
 def _explicit_groups(groups):
@@ -559,23 +611,9 @@ def _explicit_groups(groups):
                     f"LayerwiseLR: group {i} holds a {type(item).__name__}; a group is a "
                     "LayerGroup, a layer, or a list of layers or variables."
                 )
-        resolved.append((name or f"group_{i}", variables, None))
+        resolved.append((name or f"group_{i}", variables))
     if not resolved:
         raise KftError("LayerwiseLR: groups is empty.")
-    return resolved
-
-
-def _model_groups(groups):
-    resolved = []
-    for group in groups:
-        model_paths = {}
-        for layer, path in zip(group.layers, group.paths):
-            for variable in layer.weights:
-                model_paths.setdefault(id(variable), f"{path}/{variable.name}")
-        variables = list(group.variables)
-        for variable in variables:
-            model_paths.setdefault(id(variable), variable.path)
-        resolved.append((group.name, variables, model_paths))
     return resolved
 
 
@@ -584,13 +622,9 @@ def _check_variable_multipliers(variable_multipliers):
         return {}
     checked = {}
     for path, value in dict(variable_multipliers).items():
-        if not _is_number(value) or value < 0:
+        if not is_number(value) or value < 0:
             raise KftError(
                 f"LayerwiseLR: multiplier for variable {path!r} must be 0 or more, got {value!r}."
             )
         checked[str(path)] = float(value)
     return checked
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

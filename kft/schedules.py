@@ -8,13 +8,13 @@ before it).
 """
 
 import math
-import numbers
 import re
 
 import keras
 from keras import ops
 
 from kft.errors import KftError
+from kft.internal.checks import is_number
 
 DECAYS = ("constant", "linear", "cosine", "polynomial")
 NAMES = DECAYS + ("slanted_triangular", "one_cycle", "cyclical")
@@ -381,7 +381,7 @@ def warmup_steps(warmup, total_steps, steps_per_epoch=None):
                     "or 'N epochs'."
                 ) from None
             return warmup_steps(warmup, total_steps)
-    elif not _is_number(warmup) or warmup < 0:
+    elif not is_number(warmup) or warmup < 0:
         raise KftError(
             f"warmup must be a number of steps or a fraction of 0 or more, got {warmup!r}."
         )
@@ -475,20 +475,16 @@ def from_name(name, peak_lr, total_steps, warmup=0, steps_per_epoch=None, **opti
     raise KftError(f"Unknown schedule {name!r}; use one of {', '.join(NAMES)}.")
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_positive(name, value):
-    if not (_is_number(value) and value > 0):
+    if not (is_number(value) and value > 0):
         raise KftError(f"{name} must be a positive number, got {value!r}.")
 
 
 def _check_non_negative(name, value):
-    if not (_is_number(value) and value >= 0):
+    if not (is_number(value) and value >= 0):
         raise KftError(f"{name} must be a number of 0 or more, got {value!r}.")
 
 
 def _check_steps(name, value):
-    if not (_is_number(value) and float(value).is_integer() and value >= 1):
+    if not (is_number(value) and float(value).is_integer() and value >= 1):
         raise KftError(f"{name} must be a whole number of steps of 1 or more, got {value!r}.")

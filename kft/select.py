@@ -1,38 +1,49 @@
-"""Selectors: which layers or variables of a model a freeze/unfreeze touches.
+"""One language for "which layers": every kft argument that names layers speaks it.
 
-A selection is built from small selector objects (`Name`, `Type`, `TopLayers`,
-`LastGroups`, `Biases`, `Norms`, `Head`, `All`, `Where`) combined with `|`
-(union), `&` (intersection) and `-` (difference), from a callable
-`(path, layer) -> bool`, or from a string spec that recipe files and `--set`
-use: `"all"`, `"head"`, `"biases"`, `"norms"`, `"adapters"`, `"top:30"`, `"groups:2"`,
-`"name:REGEX"`, `"type:BatchNormalization"`, several joined by commas (union).
+`kft.freeze`/`kft.unfreeze(select=...)`, `Stage(train=...)`,
+`kft.peft.apply_lora(targets=..., train_also=...)`, `load_model(train_also=...)`
+and `LayerwiseLR(multipliers={...}, no_decay=...)` all take a selection:
 
-Selecting a layer selects everything below it: `Name("backbone")` is the whole
-backbone.
+- a string spec: parts joined by commas (their union), each one of
+  `"all"`, `"head"`, `"biases"`, `"norms"`, `"adapters"`, `"top:N"` (the last
+  N layers with weights), `"groups:N"` (the last N layer groups),
+  `"type:LayerClass"`, `"name:PATTERN"`, or a bare `PATTERN`;
+- a selector object: `Name`, `Type`, `TopLayers`, `LastGroups`, `Biases`,
+  `Norms`, `Head`, `Adapters`, `All`, `Where`, combined with `|` (union),
+  `&` (intersection) and `-` (difference);
+- a callable `(path, layer) -> bool`, or a list of any of these (union).
+
+Names: a PATTERN is a regular expression that must match one or more whole
+segments of a path, in full: `"query"` matches
+`bert_backbone/transformer_layer_0/self_attention_layer/query`, not
+`.../key_query`; `"conv5_.*"` matches `backbone/conv5_block1_1_conv`;
+`"transformer_layer_0/.*_norm"` matches the norms of that block; `"a"`
+matches layer `a` but not `b/bias`. A variable's path is its layer's path
+plus its name, so `"head_dense/bias"` selects that one variable. The keywords
+win over layer names: a layer named `head` is `"name:head"`.
+
+Selecting a layer selects everything below it: `"backbone"` is the whole
+backbone. A selection, or one plain part of it, that matches nothing is an
+error that lists what the model has instead.
 """
 
 import dataclasses
 import difflib
 import re
 
-import keras
 
 from kft.errors import KftError
-from kft.freezing.groups import HEAD_PREFIX
-from kft.freezing.groups import head_layers
-from kft.freezing.groups import layer_groups
+from kft.model_tree import HEAD_PREFIX
+from kft.model_tree import head_layers
+from kft.model_tree import is_bias_variable
+from kft.model_tree import is_norm_layer
+from kft.model_tree import is_norm_variable_path
 from kft.model_tree import units
 
 SPEC_FORMS = (
-    '"all", "head", "biases", "norms", "adapters", "top:N", "groups:N", "name:REGEX", '
-    '"type:LayerClass", or several of these joined by commas'
-)
-
-_NORM_TYPES = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.RMSNormalization,
+    '"all", "head", "biases", "norms", "adapters", "top:N", "groups:N", '
+    '"type:LayerClass", "name:PATTERN" or a bare PATTERN (a regex of whole layer-path '
+    "segments), or several of these joined by commas"
 )
 
 
@@ -66,12 +77,18 @@ class Selection:
     def __bool__(self):
         return bool(self.variables) or bool(self.nodes)
 
+    def layers(self):
+        """The selected nodes' layers, in no particular order."""
+        return [node.layer for node in self.nodes.values()]
+
 
 class Selector:
     """Base class: picks part of a layer tree.
 
     Subclasses implement `matches(node)` (a layer and everything below it is
-    selected when it matches) or override `resolve`.
+    selected when it matches) or override `resolve`. Those that can also
+    pick variables without a model (an optimizer built without one) implement
+    `matches_variable(path, variable)`.
     """
 
     def matches(self, node):
@@ -81,6 +98,12 @@ class Selector:
         """Returns the `Selection` this selector makes in the tree at `root`."""
         picked = [n for n in root.walk() if n is not root and self.matches(n)]
         return _covering(picked)
+
+    def matches_variable(self, path, variable):
+        """Whether a variable is selected, knowing only its Keras path."""
+        raise KftError(
+            f"select={self!r} needs the model's layers: pass the model (model=...)."
+        )
 
     def atoms(self):
         """The plain selectors this one is made of (itself if plain)."""
@@ -106,13 +129,16 @@ class All(Selector):
     def resolve(self, root):
         return _covering([root])
 
+    def matches_variable(self, path, variable):
+        return True
+
     def __repr__(self):
         return '"all"'
 
 
 class Head(Selector):
     """The head: top-level `head_*` layers, or a keras-hub task's layers above
-    its backbone (see `kft.freezing.groups.head_layers`)."""
+    its backbone (see `kft.model_tree.head_layers`)."""
 
     def matches(self, node):
         if node.parent is None or node.parent.parent is not None:
@@ -130,23 +156,48 @@ class Head(Selector):
 
 
 class Name(Selector):
-    """Layers whose path matches a regex (`re.search`), e.g. `"conv5_"`."""
+    """Layers, or variables, whose path has whole segments matching a regex.
+
+    Args:
+        pattern: a regular expression that must match one or more
+            consecutive segments of the path in full (see the module
+            docstring): `"query"`, `"conv5_.*"`, `"backbone/block2_conv"`.
+    """
 
     def __init__(self, pattern):
         try:
             self.regex = re.compile(pattern)
-        except re.error as error:
+        except (re.error, TypeError) as error:
             raise KftError(f"name:{pattern} is not a valid regular expression: {error}.")
         self.pattern = pattern
 
-    def matches(self, node):
-        return bool(self.regex.search(node.path))
+    def resolve(self, root):
+        nodes, variables = {}, {}
+        for node in root.walk():
+            if node is root:
+                continue
+            if path_matches(self.regex, node.path):
+                picked = _covering([node])
+                nodes.update(picked.nodes)
+                variables.update(picked.variables)
+                continue
+            for variable in node.own_variables:
+                if path_matches(self.regex, node.variable_path(variable)):
+                    variables[id(variable)] = variable
+                    nodes[id(node)] = node
+        return Selection(variables, nodes)
+
+    def matches_variable(self, path, variable):
+        return path_matches(self.regex, path)
 
     def hint(self, root):
         nodes = [n for n in root.walk() if n is not root]
         names = difflib.get_close_matches(self.pattern, sorted({n.name for n in nodes}), n=8)
         shown = ", ".join(n.path for n in nodes if n.name in names)[:600] or "none"
-        return f"Closest layer paths: {shown}. " + _top_level_hint(root)
+        return (
+            "A pattern must match whole path segments (e.g. 'query', 'conv5_.*'). "
+            f"Closest layer paths: {shown}. " + _top_level_hint(root)
+        )
 
     def __repr__(self):
         return f'"name:{self.pattern}"'
@@ -172,10 +223,10 @@ class Norms(Selector):
     """Normalization layers (BatchNorm, LayerNorm, GroupNorm, RMSNorm, ...)."""
 
     def matches(self, node):
-        layer = node.layer
-        if not node.is_leaf or isinstance(layer, keras.layers.Normalization):
-            return False  # keras.layers.Normalization is input standardisation.
-        return isinstance(layer, _NORM_TYPES) or "Norm" in type(layer).__name__
+        return node.is_leaf and is_norm_layer(node.layer)
+
+    def matches_variable(self, path, variable):
+        return is_norm_variable_path(path)
 
     def hint(self, root):
         return _types_hint(root)
@@ -208,6 +259,9 @@ class LastGroups(Selector):
         self.n = _positive(n, "groups")
 
     def resolve(self, root):
+        # Groups are built on this module's trees: imported here, not above.
+        from kft.freezing.groups import layer_groups
+
         groups = layer_groups(root.layer)[-self.n :]
         paths = {p for g in groups for p in g.paths}
         return _covering([n for n in root.walk() if n.path in paths and n is not root])
@@ -223,10 +277,13 @@ class Biases(Selector):
         variables, nodes = {}, {}
         for node in root.walk():
             for variable in node.own_variables:
-                if _is_bias(variable):
+                if is_bias_variable(variable):
                     variables[id(variable)] = variable
                     nodes[id(node)] = node
         return Selection(variables, nodes)
+
+    def matches_variable(self, path, variable):
+        return is_bias_variable(variable)
 
     def hint(self, root):
         return "No layer in this model has a variable named 'bias' or 'beta'."
@@ -291,11 +348,32 @@ class _Combined(Selector):
         left, right = self.left.resolve(root), self.right.resolve(root)
         return {"|": left | right, "&": left & right, "-": left - right}[self.op]
 
+    def matches_variable(self, path, variable):
+        left = self.left.matches_variable(path, variable)
+        right = self.right.matches_variable(path, variable)
+        return {"|": left or right, "&": left and right, "-": left and not right}[self.op]
+
     def atoms(self):
         return self.left.atoms() + self.right.atoms()
 
     def __repr__(self):
         return f"({self.left!r} {self.op} {self.right!r})"
+
+
+def path_matches(regex, path):
+    """Whether `regex` matches one or more consecutive whole segments of `path`.
+
+    Args:
+        regex: a compiled regular expression (or a pattern string).
+        path: a `/`-joined layer or variable path.
+    """
+    regex = re.compile(regex) if isinstance(regex, str) else regex
+    segments = path.split("/")
+    return any(
+        regex.fullmatch("/".join(segments[start:end]))
+        for start in range(len(segments))
+        for end in range(start + 1, len(segments) + 1)
+    )
 
 
 def as_selector(select):
@@ -322,17 +400,12 @@ def as_selector(select):
     )
 
 
-# A comma starts a new part only before a known form, so regexes may hold commas.
-_SPLIT = re.compile(r"\s*,\s*(?=(?:all|head|biases|norms|adapters)\s*(?:,|$)|(?:top|groups|name|type):)")
-
-
 def parse_selector(spec):
-    """Parses a string spec such as `"head,name:conv5_"` into a `Selector`.
+    """Parses a string spec such as `"head,conv5_.*"` into a `Selector`.
 
     Args:
-        spec: `"all"`, `"head"`, `"biases"`, `"norms"`, `"adapters"`, `"top:N"`,
-            `"groups:N"`, `"name:REGEX"`, `"type:LayerClass"`, or several
-            joined by commas (their union).
+        spec: see the module docstring; commas inside brackets or braces of
+            a pattern (`"conv{1,2}"`) do not split it.
 
     Returns:
         A `Selector`.
@@ -340,28 +413,45 @@ def parse_selector(spec):
     Example:
     ```python
     kft.unfreeze(model, "groups:2,norms")
+    kft.freeze(model, "low|bn|mid")   # layers named low, bn or mid
     ```
     """
-    parts = [p for p in _SPLIT.split(spec.strip()) if p]
+    parts = [p.strip() for p in _split_top_level(spec.strip())]
+    parts = [p for p in parts if p]
     if not parts:
         raise KftError(f"select={spec!r} is empty. Use {SPEC_FORMS}.")
     return _union([_parse_part(p) for p in parts])
 
 
+_KEYWORDS = {"all": All, "head": Head, "biases": Biases, "norms": Norms, "adapters": Adapters}
+_PREFIXED = {"top": TopLayers, "groups": LastGroups, "name": Name, "type": Type}
+
+
 def _parse_part(part):
-    simple = {"all": All, "head": Head, "biases": Biases, "norms": Norms, "adapters": Adapters}
-    if part in simple:
-        return simple[part]()
-    kind, _, value = part.partition(":")
-    if kind == "top":
-        return TopLayers(value)
-    if kind == "groups":
-        return LastGroups(value)
-    if kind == "name" and value:
-        return Name(value)
-    if kind == "type" and value:
-        return Type(value)
+    if part in _KEYWORDS:
+        return _KEYWORDS[part]()
+    kind, colon, value = part.partition(":")
+    if not colon:
+        return Name(part)
+    if kind in _PREFIXED and value:
+        return _PREFIXED[kind](value)
     raise KftError(f"Unknown selection {part!r}. Use {SPEC_FORMS}.")
+
+
+def _split_top_level(spec):
+    parts, depth, current = [], 0, []
+    for char in spec:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def resolve(select, root):
@@ -395,6 +485,24 @@ def resolve(select, root):
     return selection
 
 
+def select_variables(select, variables):
+    """The variables `select` picks among `variables`, without their model.
+
+    Names are matched against Keras' `variable.path` (its layer's name scope
+    and its name); biases and norm parameters are told by their names. Other
+    selections need the model's layers.
+
+    Args:
+        select: anything `as_selector` accepts.
+        variables: Keras variables.
+
+    Returns:
+        The picked variables, in order.
+    """
+    selector = as_selector(select)
+    return [v for v in variables if selector.matches_variable(v.path, v)]
+
+
 def _union(selectors):
     combined = selectors[0]
     for selector in selectors[1:]:
@@ -410,11 +518,6 @@ def _covering(picked):
             for variable in node.own_variables:
                 variables[id(variable)] = variable
     return Selection(variables, nodes)
-
-
-def _is_bias(variable):
-    name = variable.name.split("/")[-1]
-    return name in ("bias", "beta") or name.endswith("_bias")
 
 
 def _positive(value, form):

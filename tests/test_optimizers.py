@@ -228,6 +228,27 @@ def test_weight_decay_skips_biases_norms_and_position_tables_by_default():
     }
 
 
+def test_norms_are_told_by_type_on_the_model_and_kept_on_reload(tmp_path):
+    # An RMSNorm named without "norm": only its type says what it is.
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(4, name="dense")(inputs)
+    outputs = keras.layers.RMSNormalization(name="final")(x)
+    model = keras.Model(inputs, outputs)
+    optimizer = LayerwiseLR(keras.optimizers.SGD(0.1), weight_decay=0.1, model=model)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(X, X, batch_size=8, epochs=1, verbose=0)
+
+    def decayed(optimizer, model):
+        return {v.path for v in model.trainable_variables
+                if optimizer._var_key(v) in optimizer._decayed}
+
+    assert decayed(optimizer, model) == {"dense/kernel"}
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.optimizer.get_config()["no_decay_variables"] == ["dense/bias", "final/scale"]
+    assert decayed(loaded.optimizer, loaded) == {"dense/kernel"}
+
+
 def test_no_decay_patterns_are_configurable():
     model = decay_model()
     optimizer = LayerwiseLR(keras.optimizers.SGD(0.1), weight_decay=0.1, no_decay=r"kernel$")
@@ -371,7 +392,8 @@ def test_learning_rate_and_iterations_are_the_wrapped_optimizers():
         ({"lr_range": (1.0, 0.1), "groups": [[]]}, "0 < lowest <= highest"),
         ({"multipliers": {"dense": -1}}, "must be a number of 0 or more"),
         ({"multipliers": {"[": 1.0}}, "not a valid regular expression"),
-        ({"no_decay": ["("]}, "no_decay pattern '(' is not a valid regular expression"),
+        ({"no_decay": ["("]}, "no_decay ['(']: name:( is not a valid regular expression"),
+        ({"no_decay": [keras.layers.Dense]}, "no_decay must be a selection string"),
         ({"weight_decay": -0.1}, "weight_decay must be 0 or more"),
     ],
 )

@@ -136,7 +136,8 @@ def test_matching_nothing_lists_candidates(model):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("bogus", r"Unknown selection 'bogus'.*\"top:N\""),
+        ("bogus:1", r"Unknown selection 'bogus:1'.*\"top:N\""),
+        ("conv(", r"not a valid regular expression"),
         ("top:0", r"positive whole number"),
         ("groups:two", r"positive whole number"),
         ("name:(", r"not a valid regular expression"),
@@ -151,3 +152,73 @@ def test_bad_specs_are_clear_errors(spec, message):
 def test_bad_select_type_is_an_error(model):
     with pytest.raises(KftError, match="is not a selection"):
         resolve(42, layer_tree(model))
+
+
+# One language in every argument that names layers.
+
+
+def _letters_model():
+    """Dense layers `a`, `b`, `q`, `v`, `bias_net` side by side, summed."""
+    x = keras.Input((4,))
+    names = ("a", "b", "q", "v", "bias_net")
+    outputs = [keras.layers.Dense(2, name=name)(x) for name in names]
+    return keras.Model(x, keras.layers.Add(name="sum")(outputs), name="letters")
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("a", ["a"]),
+        ("q|v", ["q", "v"]),
+        (["q", "v"], ["q", "v"]),
+        ("name:q|v", ["q", "v"]),
+        ("q,v", ["q", "v"]),
+        ("bias_.*", ["bias_net"]),
+        ("b", ["b"]),  # whole segments: not bias_net, not a variable named bias
+    ],
+)
+def test_a_pattern_means_the_same_layers_in_every_argument(spec, expected):
+    from kft import freeze, peft, unfreeze
+    from kft.optimizers import LayerwiseLR
+
+    names = ("a", "b", "q", "v", "bias_net")
+    model = _letters_model()
+    freeze(model)
+    unfreeze(model, spec)
+    assert sorted({v.path.split("/")[0] for v in model.trainable_variables}) == expected
+
+    keys = [spec] if isinstance(spec, str) else spec
+    for given_model in (model, None):  # resolved on the tree, or on Keras' variable paths
+        scaled = LayerwiseLR(keras.optimizers.SGD(0.1), multipliers={key: 0.5 for key in keys},
+                             model=given_model)
+        scaled.build(model.variables)
+        slow = sorted({n for n in names for v in model.get_layer(n).weights
+                       if scaled.multiplier(v) == 0.5})
+        assert slow == expected
+
+    lora_model = _letters_model()
+    peft.apply_lora(lora_model, targets=spec, rank=1)
+    assert sorted(p for p, _ in peft.lora_layers(lora_model)) == expected
+
+
+def test_patterns_that_match_no_whole_segment_match_nothing():
+    model = _letters_model()
+    root = layer_tree(model)
+    # re.search would find "a" inside "bias"; whole segments do not.
+    assert _paths(model, "a") == ["a/bias", "a/kernel"]
+    assert _paths(model, "b/bias") == ["b/bias"]
+    with pytest.raises(KftError, match=r'"name:ia" matches nothing'):
+        resolve("ia", root)
+
+
+def test_a_block_selects_every_layer_below_it(tiny_bert_dir):
+    from kft import peft
+    from kft.models import text
+
+    classifier = text.text_classifier(tiny_bert_dir, num_classes=2, sequence_length=8)
+    peft.apply_lora(classifier, targets="transformer_layer_0", rank=1)
+    targeted = [p for p, _ in peft.lora_layers(classifier)]
+    assert targeted and all("/transformer_layer_0/" in p for p in targeted)
+    assert {p.rsplit("/", 1)[-1] for p in targeted} >= {
+        "query", "key", "value", "attention_output", "feedforward_intermediate_dense",
+        "feedforward_output_dense"}

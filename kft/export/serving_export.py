@@ -178,7 +178,7 @@ def _copy(model):
     cannot be rebuilt from their config alone, such as keras-hub tokenizers
     (their vocabulary is an asset, not config).
     """
-    from kft.freezing.groups import is_keras_hub_task
+    from kft.model_tree import is_keras_hub_task
 
     if is_keras_hub_task(model):
         return _copy_through_file(model)

@@ -182,7 +182,7 @@ def decode_images(image_bytes, image_size, channels=3, dtype="uint8"):
 
 
 def _preprocessor(model):
-    from kft.freezing.groups import is_keras_hub_task
+    from kft.model_tree import is_keras_hub_task
 
     return getattr(model, "preprocessor", None) if is_keras_hub_task(model) else None
 

@@ -1,4 +1,7 @@
-"""What trains, and when: layer groups, selectors, freeze/unfreeze, gradual unfreezing."""
+"""What trains, and when: layer groups, freeze/unfreeze, gradual unfreezing.
+
+The selectors are `kft.select`'s, exported here too.
+"""
 
 from kft.freezing.freeze import FreezeResult
 from kft.freezing.freeze import freeze

@@ -20,9 +20,12 @@ nothing but normalization layers (`"norms"`, `"type:BatchNormalization"`).
 
 import dataclasses
 
+import keras
+
 from kft.model_tree import count_params
 from kft.model_tree import is_batch_norm
 from kft.model_tree import layer_tree
+from kft.model_tree import reset_compiled_functions
 from kft.select import Norms
 from kft.select import resolve
 
@@ -65,10 +68,12 @@ def freeze(target, select="all", train_bn=False):
     Args:
         target: a Keras model (or layer). Pass the top model so that paths
             start there and a compiled model's train function is refreshed.
-        select: what to freeze: a selector, a callable
-            `(path, layer) -> bool`, or a string spec (`"all"`, `"head"`,
-            `"biases"`, `"norms"`, `"top:N"`, `"groups:N"`, `"name:REGEX"`,
-            `"type:LayerClass"`, comma-joined for a union).
+        select: what to freeze, in kft's selection language (see
+            `kft.select`): a string spec (`"all"`, `"head"`, `"biases"`,
+            `"norms"`, `"adapters"`, `"top:N"`, `"groups:N"`,
+            `"type:LayerClass"`, a layer-name pattern such as `"conv5_.*"`
+            or `"low|bn|mid"`, comma-joined for a union), a selector, or a
+            callable `(path, layer) -> bool`.
         train_bn: leave selected BatchNormalization layers as they are
             (fastai keeps them training while the rest is frozen).
 
@@ -155,10 +160,10 @@ def _set_trainable(target, select, value, train_bn):
 
     _apply(root, wanted, bn_flags)
     changed = [v for v in all_variables if wanted[id(v)] != before[id(v)]]
-    if getattr(target, "train_function", None) is not None:
+    if isinstance(target, keras.Model):
         # A traced train function keeps the variable list it was traced with:
         # without a new one, `fit` would silently train the old set.
-        target.make_train_function(force=True)
+        reset_compiled_functions(target, forward_changed=False)
     return FreezeResult(
         selected_layers=len([n for n in selected_units if n.own_variables]),
         changed_variables=len(changed),

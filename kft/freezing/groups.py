@@ -12,11 +12,11 @@ import re
 import keras
 
 from kft.model_tree import count_params
+from kft.model_tree import head_layers
+from kft.model_tree import is_norm_layer
 from kft.model_tree import layer_tree
+from kft.model_tree import own_weights
 from kft.model_tree import units
-
-HEAD_PREFIX = "head_"
-
 
 @dataclasses.dataclass(eq=False)
 class LayerGroup:
@@ -105,15 +105,15 @@ def layer_groups(model, fallback_groups=4):
     root = layer_tree(model)
     all_units = units(root)
     head_ids = {id(layer) for layer in head_layers(model)}
-    head = [n for n in all_units if id(_top_level(n).layer) in head_ids]
-    body = [n for n in all_units if id(_top_level(n).layer) not in head_ids]
+    head = [n for n in all_units if id(n.top_level().layer) in head_ids]
+    body = [n for n in all_units if id(n.top_level().layer) not in head_ids]
 
     backbone, rule = _find_architecture(root)
     if rule is not None:
         names = _names_from_rule(body, backbone, rule)
     else:
         names = _even_split(body, fallback_groups)
-    names = _fill_gaps(names, [isinstance(n.layer, keras.layers.InputLayer) for n in body])
+    names = _fill_gaps(names, [_is_input(n.layer) for n in body])
 
     groups, by_name = [], {}
     for node, name in zip(body, names):
@@ -129,36 +129,6 @@ def layer_groups(model, fallback_groups=4):
     return groups
 
 
-def head_layers(model):
-    """The top-level layers that form `model`'s head, input to output.
-
-    The head is the top-level layers named `head_*` (kft's task models), or,
-    for a keras-hub task without such layers (`BertTextClassifier`, ...),
-    every top-level layer besides its `backbone` and `preprocessor` (keras-hub
-    names them `logits`, `classifier_dropout`, ...). Anything else has no head.
-
-    Args:
-        model: a Keras model.
-
-    Returns:
-        A list of layers, possibly empty.
-    """
-    layers = [layer for layer in getattr(model, "layers", []) if not _is_input(layer)]
-    named = [layer for layer in layers if layer.name.startswith(HEAD_PREFIX)]
-    if named or not is_keras_hub_task(model):
-        return named
-    body = {id(getattr(model, "backbone", None)), id(getattr(model, "preprocessor", None))}
-    return [layer for layer in layers if id(layer) not in body]
-
-
-def is_keras_hub_task(model):
-    """Whether `model` is a keras-hub `Task` (tested without importing keras-hub)."""
-    return any(
-        cls.__name__ == "Task" and cls.__module__.startswith("keras_hub.")
-        for cls in type(model).__mro__
-    )
-
-
 def _is_input(layer):
     return isinstance(layer, keras.layers.InputLayer)
 
@@ -167,18 +137,8 @@ def _add(group, node):
     group.layers.append(node.layer)
     group.paths.append(node.path)
     group._nodes.append(node)
-    own = node.layer.weights if node.is_leaf else _own_weights(node.layer)
+    own = node.layer.weights if node.is_leaf else own_weights(node.layer)
     group.variables.extend(own)
-
-
-def _own_weights(layer):
-    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
-
-
-def _top_level(node):
-    while node.parent is not None and node.parent.parent is not None:
-        node = node.parent
-    return node
 
 
 def _find_architecture(root):
@@ -212,19 +172,12 @@ def _even_split(body, num_groups):
     # name here and join the group before them), so a group boundary never
     # separates a convolution from its BatchNorm.
     weighted = [i for i, n in enumerate(body)
-                if n.own_variables and not isinstance(n.layer, _NORMALIZATION)]
+                if n.own_variables and not is_norm_layer(n.layer)]
     num_groups = max(1, min(num_groups, len(weighted)))
     names = [None] * len(body)
     for rank, index in enumerate(weighted):
         names[index] = f"group_{rank * num_groups // len(weighted) + 1}"
     return names
-
-
-_NORMALIZATION = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-)
 
 
 def _fill_gaps(names, is_input):

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from kft.errors import KftError
-from kft.peft.trainable import reset_compiled_functions
+from kft.model_tree import reset_compiled_functions
 
 INITIALISATIONS = ("mean", "pieces")
 

@@ -5,7 +5,7 @@ from kft.peft.adapter_files import load_adapter
 from kft.peft.adapter_files import read_adapter_config
 from kft.peft.adapter_files import save_adapter
 from kft.peft.bottleneck import apply_bottleneck_adapters
-from kft.peft.layer_paths import layer_paths
+from kft.model_tree import layer_paths
 from kft.peft.lora import active_adapter
 from kft.peft.lora import add_adapter
 from kft.peft.lora import apply_lora
@@ -18,6 +18,6 @@ from kft.peft.lora import set_adapter
 from kft.peft.lora import unmerge
 from kft.peft.model_file import load_model
 from kft.peft.prompt_tuning import apply_prompt_tuning
-from kft.peft.trainable import ParameterCount
-from kft.peft.trainable import count_parameters
+from kft.model_tree import ParameterCount
+from kft.model_tree import count_parameters
 from kft.peft.trainable import freeze_base

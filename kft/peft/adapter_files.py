@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -24,18 +25,20 @@ from kft.errors import KftError
 from kft.layers.lora_adapters import AdapterSpec
 from kft.layers.lora_adapters import LoRAAdapters
 from kft.layers.lora_adapters import check_adapter_name
-from kft.peft.layer_paths import canonical_path
-from kft.peft.layer_paths import describe_paths
-from kft.peft.layer_paths import layer_paths
-from kft.peft.layer_paths import match_saved_paths
+from kft.peft.saved_paths import canonical_path
+from kft.model_tree import describe_paths
+from kft.model_tree import layer_paths
+from kft.model_tree import own_weights
+from kft.peft.saved_paths import match_saved_paths
 from kft.peft.lora import _LORA_CLASSES
 from kft.peft.lora import active_adapter
 from kft.peft.lora import list_adapters
 from kft.peft.lora import lora_layers
 from kft.peft.lora import set_adapter
-from kft.peft.trainable import count_parameters
-from kft.peft.trainable import reset_compiled_functions
+from kft.model_tree import count_parameters
+from kft.model_tree import reset_compiled_functions
 from kft.peft.trainable import freeze_base
+from kft.select import Name
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -181,12 +184,12 @@ def load_adapter(model, path, adapter_name=None, activate=True, strict=True):
         for key, variable in layer.adapter_variables(name).items():
             variable.assign(tensors[f"{path_}/{key}"])
     for path_, names in train_also.items():
-        variables = {v.name: v for v in _own_variables(paths[path_])}
+        variables = {v.name: v for v in own_weights(paths[path_])}
         for variable_name in names:
             variables[variable_name].assign(tensors[f"{path_}/{variable_name}"])
     if activate:
         set_adapter(model, name)
-        freeze_base(model, list(train_also) or None)
+        freeze_base(model, [Name(re.escape(path_)) for path_ in train_also] or None)
         # Restore exactly what trained: a BitFit layer trains its bias only.
         trained = set(config.get("trainable", []))
         for path_ in train_also:
@@ -256,7 +259,7 @@ def _check_shapes(folder, paths, specs, train_also, tensors):
         for key, shape in expected.items():
             problems += _shape_problem(tensors, f"{path_}/{key}", shape)
     for path_, names in train_also.items():
-        variables = {v.name: v for v in _own_variables(paths[path_])}
+        variables = {v.name: v for v in own_weights(paths[path_])}
         for variable_name in names:
             if variable_name not in variables:
                 problems.append(f"{path_} has no variable {variable_name!r}")
@@ -325,7 +328,7 @@ def _trained_extras(model):
         if isinstance(layer, LoRAAdapters):
             chosen = [v for v in layer.base_variables() if id(v) in trainable]
         else:
-            own = _own_variables(layer)
+            own = own_weights(layer)
             # A trained layer's non-trainable state (BatchNorm statistics)
             # belongs to it as well.
             chosen = own if any(id(v) in trainable for v in own) else []
@@ -338,14 +341,10 @@ def _extra_keys(extras):
     return [f"{p}/{v.name}" for p, vs in extras.items() for v in vs]
 
 
-def _own_variables(layer):
-    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
-
-
 def _base_variables(layer):
     if isinstance(layer, LoRAAdapters):
         return layer.base_variables()
-    return _own_variables(layer)
+    return own_weights(layer)
 
 
 def _numpy(variable):

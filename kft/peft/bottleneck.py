@@ -6,10 +6,10 @@ import keras
 
 from kft.errors import KftError
 from kft.layers.bottleneck_adapter import BottleneckAdapter
-from kft.peft.layer_paths import describe_paths
-from kft.peft.layer_paths import layer_paths
+from kft.model_tree import describe_paths
+from kft.model_tree import layer_paths
 from kft.peft.trainable import freeze_base
-from kft.peft.trainable import reset_compiled_functions
+from kft.model_tree import reset_compiled_functions
 
 # Where an adapter goes: the dropout a keras-hub TransformerEncoder /
 # TransformerDecoder applies to the sublayer output right before the

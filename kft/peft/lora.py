@@ -18,11 +18,13 @@ from kft.layers.lora_adapters import LoRAAdapters
 from kft.layers.lora_adapters import check_adapter_name
 from kft.layers.lora_dense import LoRADense
 from kft.layers.lora_einsum_dense import LoRAEinsumDense
-from kft.peft.layer_paths import describe_paths
-from kft.peft.layer_paths import layer_paths
-from kft.peft.layer_paths import select_layers
+from kft.model_tree import describe_paths
+from kft.model_tree import layer_paths
+from kft.model_tree import layer_tree
+from kft.model_tree import reset_compiled_functions
 from kft.peft.trainable import freeze_base
-from kft.peft.trainable import reset_compiled_functions
+from kft.select import Head
+from kft.select import resolve
 
 _LORA_CLASSES = {keras.layers.Dense: LoRADense, keras.layers.EinsumDense: LoRAEinsumDense}
 
@@ -43,11 +45,13 @@ def apply_lora(
 
     Args:
         model: a built Keras model (functional, nested, keras-hub).
-        targets: which layers get the adapter: a regular expression matched
-            against whole layer paths, or a list of path suffixes (layer
-            names). Default: the attention query and value projections of a
-            keras-hub backbone (its `default_lora_layer_names()`), else the
-            `Dense` layers of the head (top-level layers named `head_*`).
+        targets: which layers get the adapter, in kft's selection language
+            (`kft.select`): the `Dense` and `EinsumDense` layers the
+            selection covers, e.g. `"query|value"`, `["query", "value"]`,
+            `"transformer_layer_0"` (every projection of that block) or
+            `"head"`. Default: the attention query and value projections
+            of a keras-hub backbone (its `default_lora_layer_names()`),
+            else the `Dense` layers of the head.
         rank: rank of the update.
         alpha: scaling numerator: the update is `alpha / rank * A @ B`.
         dropout: dropout on the adapter input during training.
@@ -55,7 +59,8 @@ def apply_lora(
         rslora: rank-stabilized scaling `alpha / sqrt(rank)`.
         init: `"kaiming_uniform"` or `"gaussian"` initialization of `A`.
         train_also: layers that train fully besides the adapters (e.g. a new
-            classification head), selected like `targets`.
+            classification head: `["logits"]`, `"head"`), selected like
+            `targets`.
         adapter_name: the adapter's name (several can live on one model).
 
     Returns:
@@ -123,17 +128,23 @@ def resolve_targets(model, targets):
     paths = layer_paths(model)
     candidates = {p: l for p, l in paths.items() if _adaptable(l)}
     if targets is None:
-        chosen = _default_targets(model, paths)
-    else:
-        chosen = select_layers(model, targets, "LoRA targets", paths)
-    wrong = [(p, l) for p, l in chosen if not _adaptable(l)]
-    if wrong:
+        return _default_targets(model, paths, candidates)
+    try:
+        covered = resolve(targets, layer_tree(model)).nodes.values()
+    except KftError as error:
         raise KftError(
-            "LoRA supports Dense and EinsumDense layers; these targets are "
-            f"not: {[f'{p} ({type(l).__name__})' for p, l in wrong][:10]}. "
-            "Candidate layer paths:\n  " + describe_paths(candidates)
+            f"LoRA targets: {error} Candidate layer paths:\n  " + describe_paths(candidates)
+        ) from None
+    chosen = [(n.path, n.layer) for n in covered if n.path in candidates]
+    if not chosen:
+        matched = [f"{n.path} ({type(n.layer).__name__})" for n in covered if n.parent]
+        raise KftError(
+            f"LoRA targets {targets!r} cover no Dense or EinsumDense layer of model "
+            f"'{model.name}' (they match {matched[:10]}). Candidate layer paths:\n  "
+            + describe_paths(candidates)
         )
-    return chosen
+    order = {path: index for index, path in enumerate(candidates)}
+    return sorted(chosen, key=lambda pair: order[pair[0]])
 
 
 def lora_layers(model):
@@ -279,7 +290,7 @@ def _adaptable(layer):
     return isinstance(layer, LoRAAdapters) or type(layer) in _LORA_CLASSES
 
 
-def _default_targets(model, paths):
+def _default_targets(model, paths, candidates):
     backbones = [(p, l) for p, l in paths.items() if _is_keras_hub_backbone(l)]
     if _is_keras_hub_backbone(model):
         backbones.insert(0, ("", model))
@@ -287,28 +298,25 @@ def _default_targets(model, paths):
         prefix, backbone = backbones[0]
         names = set(backbone.default_lora_layer_names())
         chosen = [
-            (p, l) for p, l in paths.items()
-            if (not prefix or p.startswith(prefix + "/"))
-            and l.name in names and _adaptable(l)
+            (p, l) for p, l in candidates.items()
+            if (not prefix or p.startswith(prefix + "/")) and l.name in names
         ]
         if chosen:
             return chosen
         raise KftError(
             f"The keras-hub backbone '{backbone.name}' has no layers named "
             f"{sorted(names)}; pass targets=. Candidate layer paths:\n  "
-            + describe_paths({p: l for p, l in paths.items() if _adaptable(l)})
+            + describe_paths(candidates)
         )
-    chosen = [
-        (p, l) for p, l in paths.items()
-        if "/" not in p and p.startswith("head_") and _adaptable(l)
-    ]
+    root = layer_tree(model)
+    head = Head().resolve(root).nodes.values()
+    chosen = [(p, l) for p, l in candidates.items() if any(n.path == p for n in head)]
     if chosen:
         return chosen
     raise KftError(
-        f"Model '{model.name}' has no keras-hub backbone and no head_* Dense "
-        "layers, so there are no default LoRA targets; pass targets=. "
-        "Candidate layer paths:\n  "
-        + describe_paths({p: l for p, l in paths.items() if _adaptable(l)})
+        f"Model '{model.name}' has no keras-hub backbone and no Dense layers in a "
+        "head, so there are no default LoRA targets; pass targets=. "
+        "Candidate layer paths:\n  " + describe_paths(candidates)
     )
 
 

@@ -26,7 +26,7 @@ from kft.peft.bottleneck import build_under
 from kft.peft.bottleneck import replace_sublayer
 from kft.peft.lora import _LORA_CLASSES
 from kft.peft.trainable import freeze_base
-from kft.peft.trainable import reset_compiled_functions
+from kft.model_tree import reset_compiled_functions
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.weights.h5"

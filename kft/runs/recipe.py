@@ -34,9 +34,10 @@ class Stage:
     Args:
         name: a short name shown in headers, history and plots.
         epochs: number of epochs of this stage.
-        train: what is trainable: a selection understood by `kft.freeze` /
-            `kft.unfreeze` (`"head"`, `"all"`, `"groups:2"`, `"top:30"`,
-            `"biases"`, a comma-joined union, a callable or selector).
+        train: what is trainable, in kft's selection language (`kft.select`):
+            `"head"`, `"all"`, `"groups:2"`, `"top:30"`, `"biases"`,
+            `"adapters"`, a layer-name pattern (`"conv5_.*"`), a
+            comma-joined union, a callable or selector.
         lr: base learning rate (peak rate when a schedule is used).
         optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), `"lion"`, or a
             callable `lr -> keras.optimizers.Optimizer`.

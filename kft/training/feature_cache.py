@@ -25,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from kft.errors import KftError
-from kft.freezing.groups import HEAD_PREFIX
-from kft.freezing.groups import head_layers
-from kft.freezing.groups import is_keras_hub_task
+from kft.model_tree import HEAD_PREFIX
+from kft.model_tree import head_layers
+from kft.model_tree import is_keras_hub_task
 from kft.model_tree import is_batch_norm
 from kft.model_tree import layer_tree
 
@@ -53,7 +53,7 @@ def can_cache(model):
     except KftError as error:
         return False, str(error)
     for node in layer_tree(model).walk():
-        if node.parent is None or _top(node).layer not in feature_layers:
+        if node.parent is None or node.top_level().layer not in feature_layers:
             continue
         layer, path = node.layer, node.path
         if is_batch_norm(layer) and node.is_effectively_trainable():
@@ -213,12 +213,6 @@ def _is_random(layer):
     # Keras layers that draw random numbers own a SeedGenerator (Dropout only
     # when its rate is above zero).
     return bool(getattr(layer, "_seed_generators", None))
-
-
-def _top(node):
-    while node.parent is not None and node.parent.parent is not None:
-        node = node.parent
-    return node
 
 
 def _split_layers(model):

@@ -81,7 +81,7 @@ def test_sweep_stops_when_the_loss_diverges():
 
 def test_unbuilt_optimizer_stays_unbuilt_and_layerwise_rates_are_used():
     optimizer = LayerwiseLR(
-        keras.optimizers.Adam(OneCycle(1e-3, 100)), multipliers={"block1": 0.1}
+        keras.optimizers.Adam(OneCycle(1e-3, 100)), multipliers={"block1_.*": 0.1}
     )
     model = compiled_model(optimizer)
     before = [v.numpy() for v in model.variables]
@@ -165,7 +165,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
             model = tiny_image_model()
             model.compile(
                 optimizer=LayerwiseLR(keras.optimizers.SGD(0.01, momentum=0.9),
-                                      multipliers={"head": 2.0}),
+                                      multipliers={"head_.*": 2.0}),
                 loss="sparse_categorical_crossentropy")
         before = state(model)
         result = find_lr(model, dataset(), start_lr=1e-4, end_lr=1.0, num_steps=10)
