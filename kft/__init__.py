@@ -1,22 +1,25 @@
 """kft: fine-tune pretrained Keras models, the way the best practitioners do.
 
-`import kft` also registers every kft layer, optimizer, schedule and callback
-with Keras, so `keras.saving.load_model` opens models that hold them.
+`import kft` also registers every kft layer, optimizer, schedule, callback,
+metric and keras-hub task with Keras (`kft.saving`), so
+`keras.saving.load_model` opens models that hold them.
 """
 
 __version__ = "0.1.0"
 
 from kft.internal import tensorflow_startup  # noqa: F401  (first: starts TF quietly)
+
 from kft import data
 from kft import evaluation
 from kft import export
-from kft.training import feature_cache
 from kft import freezing
 from kft import layers
 from kft import optimizers
 from kft import peft
+from kft import saving
 from kft import schedules
 from kft import select
+from kft import training
 from kft import tuning
 from kft.errors import KftError
 from kft.freezing import GradualUnfreezing
@@ -25,8 +28,9 @@ from kft.freezing import freeze
 from kft.freezing import layer_groups
 from kft.freezing import prepare_optimizer
 from kft.freezing import unfreeze
-from kft.training.lr_finder import find_lr
 from kft.models import text
 from kft.models import vision
 from kft.runs.recipe import Recipe
 from kft.runs.recipe import Stage
+from kft.training import feature_cache  # kft.feature_cache, its path before kft.training
+from kft.training.lr_finder import find_lr

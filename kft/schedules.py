@@ -345,6 +345,46 @@ class CyclicalTriangular(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="kft")
+class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule over optimizer updates, for an optimizer that accumulates.
+
+    Keras calls an accumulating optimizer's schedule with its batch count;
+    this passes on the update count (`batch // steps`), so warmup and decay
+    lengths given in updates mean updates. A `kft.schedules.OneCycle`'s
+    momentum cycle follows the same count.
+
+    Args:
+        schedule: a `LearningRateSchedule` sized in updates.
+        steps: batches per update.
+    """
+
+    def __init__(self, schedule, steps):
+        self.schedule = schedule
+        _check_steps("steps", steps)
+        self.steps = int(steps)
+
+    def __call__(self, step):
+        return self.schedule(step // self.steps)
+
+    @property
+    def cycles_momentum(self):
+        return getattr(self.schedule, "cycles_momentum", False)
+
+    def momentum(self, step):
+        return self.schedule.momentum(step // self.steps)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "steps": self.steps}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
 def warmup_steps(warmup, total_steps, steps_per_epoch=None):
     """Converts a warmup length into a number of steps.
 

@@ -3,10 +3,8 @@
 import json
 import pathlib
 import re
-import zipfile
 
 import click
-import keras
 
 from kft.errors import KftError
 from kft.export.serving_export import serving
@@ -116,20 +114,10 @@ def _training_data(run, params, recipe):
 
 
 def _load_model(path):
-    # kft's serializable classes register on import; keras-hub's only when
-    # keras-hub is imported, which is slow, so only for models that use it.
-    import kft.layers  # noqa: F401
-    import kft.layers.image_preprocessing  # noqa: F401
+    from kft import saving
 
     try:
-        with zipfile.ZipFile(path) as archive:
-            if b'"keras_hub' in archive.read("config.json"):
-                # Imports keras-hub and registers kft's own keras-hub task.
-                import kft.models.token_classifier  # noqa: F401
-        # kft.peft.load_model: LoRA and adapters inside keras-hub blocks too.
-        from kft.peft import load_model
-
-        return load_model(path, compile=False)
+        return saving.load_model(path, compile=False)
     except KftError:
         raise
     except Exception as error:  # Keras raises many types for a bad file.

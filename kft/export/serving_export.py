@@ -202,11 +202,11 @@ def _copy(model):
 
 def _copy_through_file(model):
     """A keras-hub task rebuilds its blocks itself, so a clone from config loses
-    LoRA layers inside them; a `.keras` round trip through `kft.peft.load_model`
+    LoRA layers inside them; a `.keras` round trip through `kft.saving.load_model`
     restores them, and the tokenizer's vocabulary with them."""
-    from kft import peft
+    from kft import saving
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "copy.keras")
         model.save(path)
-        return peft.load_model(path, compile=False)
+        return saving.load_model(path, compile=False)

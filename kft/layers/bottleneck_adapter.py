@@ -1,5 +1,7 @@
 """BottleneckAdapter: a small residual MLP inserted into a frozen network (Houlsby)."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -78,13 +80,33 @@ class BottleneckAdapter(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def record_insertion(self, parent_path, attribute):
-        """Notes that this adapter replaced `attribute` of the layer at `parent_path`.
+    def insert(self, parent, attribute, input_dim):
+        """Builds this adapter and puts it in place of `parent.<attribute>`.
 
-        Saved with the weights, so `kft.peft.load_model` can insert the adapter
+        The adapter is built in the name scope of the parent's Keras path (so
+        its variable paths are unique) and notes where it went: that record
+        is saved with its weights, so `kft.saving.load_model` can insert it
         again into a block that Keras rebuilds without it.
+
+        Args:
+            parent: the built layer (a keras-hub transformer block) that
+                holds the sublayer to replace.
+            attribute: the attribute holding it (`"_feedforward_dropout"`).
+            input_dim: the width of the hidden states the adapter sees.
         """
-        object.__setattr__(self, "_insertion", {"parent": parent_path, "attribute": attribute})
+        with contextlib.ExitStack() as scopes:
+            for part in parent.path.split("/"):
+                scopes.enter_context(keras.name_scope(part))
+            self.build((None, None, input_dim))
+        object.__setattr__(self, "_insertion", {"parent": parent.path, "attribute": attribute})
+        replaced = getattr(parent, attribute)
+        # The parent is built, so its tracker is locked against new state.
+        parent._tracker.unlock()
+        try:
+            parent._tracker.untrack(replaced)
+            setattr(parent, attribute, self)
+        finally:
+            parent._tracker.lock()
 
     def save_own_variables(self, store):
         super().save_own_variables(store)

@@ -3,7 +3,7 @@
 keras-hub blocks create their sublayers in `build()`, so a kft layer placed
 inside one (a LoRA projection, a bottleneck adapter) is not in any config
 Keras saves. The record (what the layer is and where it sits, by Keras
-layer path) lets `kft.peft.load_model` put it back before loading weights.
+layer path) lets `kft.saving.load_model` put it back before loading weights.
 """
 
 import json

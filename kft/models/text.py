@@ -16,19 +16,11 @@ import keras
 
 from kft.errors import KftError
 from kft.models.weights import text_presets
-from kft.models.vocabulary import add_tokens  # noqa: F401  (kft.text.add_tokens)
-
-# Token classification subclasses keras-hub's Task, so it imports keras-hub,
-# which is slow: loaded on first use, and `import kft` stays fast.
-_TOKEN_CLASSIFICATION = ("token_classifier", "predict_words", "TokenClassifier")
-
-
-def __getattr__(name):
-    if name in _TOKEN_CLASSIFICATION:
-        from kft.models import token_classifier
-
-        return getattr(token_classifier, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# kft.text also offers token classification and vocabulary surgery.
+from kft.models.token_classifier import TokenClassifier  # noqa: F401
+from kft.models.token_classifier import predict_words  # noqa: F401
+from kft.models.token_classifier import token_classifier  # noqa: F401
+from kft.models.vocabulary import add_tokens  # noqa: F401
 
 
 def text_classifier(

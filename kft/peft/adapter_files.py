@@ -25,12 +25,14 @@ from kft.errors import KftError
 from kft.layers.lora_adapters import AdapterSpec
 from kft.layers.lora_adapters import LoRAAdapters
 from kft.layers.lora_adapters import check_adapter_name
+from kft.layers.lora_conversion import add_lora_adapter
+from kft.layers.lora_conversion import is_adaptable
+from kft.layers.lora_conversion import lora_class_for
 from kft.peft.saved_paths import canonical_path
 from kft.model_tree import describe_paths
 from kft.model_tree import layer_paths
 from kft.model_tree import own_weights
 from kft.peft.saved_paths import match_saved_paths
-from kft.peft.lora import _LORA_CLASSES
 from kft.peft.lora import active_adapter
 from kft.peft.lora import list_adapters
 from kft.peft.lora import lora_layers
@@ -176,11 +178,7 @@ def load_adapter(model, path, adapter_name=None, activate=True, strict=True):
     current = active_adapter(model)
     for path_, spec in specs.items():
         layer = paths[path_]
-        if isinstance(layer, LoRAAdapters):
-            layer.add_adapter(name, spec)
-        else:
-            _LORA_CLASSES[type(layer)].convert_in_place(layer, name, spec)
-            layer.set_active_adapter(current)
+        add_lora_adapter(layer, name, spec, active=current)
         for key, variable in layer.adapter_variables(name).items():
             variable.assign(tensors[f"{path_}/{key}"])
     for path_, names in train_also.items():
@@ -248,11 +246,10 @@ def _check_shapes(folder, paths, specs, train_also, tensors):
     problems = []
     for path_, spec in specs.items():
         layer = paths[path_]
-        if not (isinstance(layer, LoRAAdapters) or type(layer) in _LORA_CLASSES):
+        if not is_adaptable(layer):
             problems.append(f"{path_} is a {type(layer).__name__}, not Dense/EinsumDense")
             continue
-        host = type(layer) if isinstance(layer, LoRAAdapters) else _LORA_CLASSES[type(layer)]
-        a, b, magnitude, _ = host.adapter_shapes_for(layer, spec.rank)
+        a, b, magnitude, _ = lora_class_for(layer).adapter_shapes_for(layer, spec.rank)
         expected = {"lora_a": a, "lora_b": b}
         if spec.dora:
             expected["lora_magnitude"] = magnitude

@@ -1,7 +1,5 @@
 """Bottleneck adapters inserted into keras-hub transformer blocks (Houlsby)."""
 
-import contextlib
-
 import keras
 
 from kft.errors import KftError
@@ -89,9 +87,7 @@ def apply_bottleneck_adapters(
                 name=f"{position}_adapter",
                 dtype=_plain_policy(block),
             )
-            build_under(block.path, adapter, (None, None, hidden))
-            adapter.record_insertion(block.path, attribute)
-            replace_sublayer(block, attribute, replaced, adapter)
+            adapter.insert(block, attribute, hidden)
     reset_compiled_functions(model)
     return freeze_base(model, train_also)
 
@@ -102,27 +98,9 @@ def _is_transformer_block(layer):
     )
 
 
-def build_under(path, layer, input_shape):
-    """Builds `layer` in the name scope of `path`: unique variable paths."""
-    with contextlib.ExitStack() as scopes:
-        for part in path.split("/"):
-            scopes.enter_context(keras.name_scope(part))
-        layer.build(input_shape)
-
-
 def _plain_policy(layer):
     policy = layer.dtype_policy
     # A quantized backbone maps policies by path; the adapter stays float.
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
         return None
     return policy
-
-
-def replace_sublayer(parent, attribute, old, new):
-    # The block is built, so its tracker is locked against new state.
-    parent._tracker.unlock()
-    try:
-        parent._tracker.untrack(old)
-        setattr(parent, attribute, new)
-    finally:
-        parent._tracker.lock()

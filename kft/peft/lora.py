@@ -9,15 +9,14 @@ After anything here changes what trains (`apply_lora`, `set_adapter`), call
 train step over the trainable variables it finds at compile time.
 """
 
-import keras
 from keras import ops
 
 from kft.errors import KftError
 from kft.layers.lora_adapters import AdapterSpec
 from kft.layers.lora_adapters import LoRAAdapters
 from kft.layers.lora_adapters import check_adapter_name
-from kft.layers.lora_dense import LoRADense
-from kft.layers.lora_einsum_dense import LoRAEinsumDense
+from kft.layers.lora_conversion import add_lora_adapter
+from kft.layers.lora_conversion import is_adaptable
 from kft.model_tree import describe_paths
 from kft.model_tree import layer_paths
 from kft.model_tree import layer_tree
@@ -25,9 +24,6 @@ from kft.model_tree import reset_compiled_functions
 from kft.peft.trainable import freeze_base
 from kft.select import Head
 from kft.select import resolve
-
-_LORA_CLASSES = {keras.layers.Dense: LoRADense, keras.layers.EinsumDense: LoRAEinsumDense}
-
 
 def apply_lora(
     model,
@@ -114,11 +110,7 @@ def add_adapter(
         )
     current = active_adapter(model)
     for _, layer in chosen:
-        if isinstance(layer, LoRAAdapters):
-            layer.add_adapter(adapter_name, spec)
-        else:
-            _LORA_CLASSES[type(layer)].convert_in_place(layer, adapter_name, spec)
-            layer.set_active_adapter(current)
+        add_lora_adapter(layer, adapter_name, spec, active=current)
     reset_compiled_functions(model)
     return chosen
 
@@ -126,7 +118,7 @@ def add_adapter(
 def resolve_targets(model, targets):
     """The `(path, layer)` pairs LoRA would target (see `apply_lora`)."""
     paths = layer_paths(model)
-    candidates = {p: l for p, l in paths.items() if _adaptable(l)}
+    candidates = {p: l for p, l in paths.items() if is_adaptable(l)}
     if targets is None:
         return _default_targets(model, paths, candidates)
     try:
@@ -284,10 +276,6 @@ def unmerge(model):
 
 def _names(layer):
     return layer.adapter_names if isinstance(layer, LoRAAdapters) else []
-
-
-def _adaptable(layer):
-    return isinstance(layer, LoRAAdapters) or type(layer) in _LORA_CLASSES
 
 
 def _default_targets(model, paths, candidates):

@@ -91,5 +91,5 @@ def stage_learning_rate(stage, steps_per_epoch, accumulate=1):
         steps_per_epoch=max(1, steps_per_epoch // accumulate),
     )
     if accumulate > 1:
-        schedule = accumulation.PerUpdateSchedule(schedule, accumulate)
+        schedule = schedules.PerUpdateSchedule(schedule, accumulate)
     return schedule

@@ -11,7 +11,7 @@ import warnings
 import click
 import keras
 
-from kft import evaluation, freezing, peft
+from kft import evaluation, freezing, saving
 from kft.training import accumulation
 from kft.training import distribute
 from kft.training import feature_cache
@@ -108,8 +108,8 @@ def _run(recipe, params, strategy, output, resume):
     resumed = state["epoch"] > 0 and run_dir.last_checkpoint.is_file()
     if resumed:
         # Compiled, so the optimizer's moments and step count carry on.
-        # kft.peft.load_model also restores PEFT layers inside keras-hub blocks.
-        model = peft.load_model(run_dir.last_checkpoint)
+        # kft.saving.load_model also restores PEFT layers inside keras-hub blocks.
+        model = saving.load_model(run_dir.last_checkpoint)
     else:
         model = recipe.model(params, dataset)
     if params.precision != "float32":

@@ -4,10 +4,8 @@ With `accumulate=N` a run trains as if each batch were N times larger
 (the update uses the mean gradient of N batches) at the memory of one
 batch. Keras' optimizers do the accumulation (`gradient_accumulation_steps`);
 kft sizes learning-rate schedules in updates and makes them advance once per
-update, not once per batch.
+update, not once per batch (`kft.schedules.PerUpdateSchedule`).
 """
-
-import keras
 
 from kft.errors import KftError
 
@@ -43,42 +41,3 @@ def accumulate_gradients(optimizer, steps):
         raise KftError("Gradient accumulation must be set before the optimizer is built.")
     optimizer.gradient_accumulation_steps = steps
     return optimizer
-
-
-@keras.saving.register_keras_serializable(package="kft")
-class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A schedule over optimizer updates, for an optimizer that accumulates.
-
-    Keras calls an accumulating optimizer's schedule with its batch count;
-    this passes on the update count (`batch // steps`), so warmup and decay
-    lengths given in updates mean updates. A `kft.schedules.OneCycle`'s
-    momentum cycle follows the same count.
-
-    Args:
-        schedule: a `LearningRateSchedule` sized in updates.
-        steps: batches per update.
-    """
-
-    def __init__(self, schedule, steps):
-        self.schedule = schedule
-        self.steps = check_accumulate(int(steps))
-
-    def __call__(self, step):
-        return self.schedule(step // self.steps)
-
-    @property
-    def cycles_momentum(self):
-        return getattr(self.schedule, "cycles_momentum", False)
-
-    def momentum(self, step):
-        return self.schedule.momentum(step // self.steps)
-
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
-                "steps": self.steps}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)

@@ -49,7 +49,7 @@ def test_accumulated_batches_update_like_one_large_batch():
 def test_schedule_counts_updates_and_round_trips():
     stage = kft.Stage("s", epochs=2, lr=1.0, schedule="linear", warmup=2)
     schedule = stage_learning_rate(stage, steps_per_epoch=10, accumulate=4)
-    assert isinstance(schedule, accumulation.PerUpdateSchedule)
+    assert isinstance(schedule, schedules.PerUpdateSchedule)
     # 20 batches = 5 updates; warmup 2 updates = 8 batches.
     assert schedule.schedule.total_steps == 5 and schedule.schedule.warmup_steps == 2
     assert float(schedule(3)) == float(schedule.schedule(0))
@@ -60,7 +60,7 @@ def test_schedule_counts_updates_and_round_trips():
 
 def test_one_cycle_momentum_follows_updates():
     cycle = schedules.OneCycle(1e-2, total_steps=10)
-    schedule = accumulation.PerUpdateSchedule(cycle, 3)
+    schedule = schedules.PerUpdateSchedule(cycle, 3)
     assert schedule.cycles_momentum
     assert float(schedule.momentum(7)) == float(cycle.momentum(2))
 

@@ -1,13 +1,18 @@
-"""Loading `.keras` files whose PEFT layers sit inside keras-hub blocks.
+"""Saving and loading kft models: `load_model`, the one loader for `.keras` files.
 
-`keras.models.load_model` rebuilds a model from its config. A keras-hub
+`import kft` registers every kft Keras object (layers, optimizers, schedules,
+callbacks, metrics, keras-hub tasks) with Keras, by importing the modules
+that define them here, so `keras.saving.load_model` opens a model that holds
+any of them.
+
+`load_model` also restores what `keras.models.load_model` cannot: a keras-hub
 `TransformerEncoder` builds its attention and feed-forward sublayers itself,
 as plain `EinsumDense`/`Dense`/`Dropout`, so LoRA projections and bottleneck
 adapters inside it come back plain and their saved weights do not fit.
 kft's layers save a record of themselves with their weights
 (`kft.layers.layer_record`); `load_model` rebuilds the model, puts the
-recorded layers back, then loads the weights. Models whose PEFT layers are
-in functional graphs load with plain `keras.models.load_model` as well.
+recorded layers back, then loads the weights. Run directories, `kft export`
+and resumed runs load through it.
 """
 
 import io
@@ -17,15 +22,20 @@ import zipfile
 import h5py
 import keras
 
+# Every module that registers kft objects with Keras (see the docstring).
+import kft.evaluation.entities  # noqa: F401  (EntityF1)
+import kft.freezing.gradual  # noqa: F401  (GradualUnfreezing)
+import kft.layers  # noqa: F401  (LoRA, bottleneck, soft prompt, image preprocessing)
+import kft.models.token_classifier  # noqa: F401  (TokenClassifier and its preprocessor)
+import kft.optimizers  # noqa: F401  (LayerwiseLR)
+import kft.schedules  # noqa: F401  (WarmupDecay, OneCycle, PerUpdateSchedule, ...)
 from kft.errors import KftError
 from kft.layers import layer_record
 from kft.layers.bottleneck_adapter import BottleneckAdapter
 from kft.layers.lora_adapters import AdapterSpec
 from kft.layers.lora_adapters import LoRAAdapters
-from kft.peft.bottleneck import build_under
-from kft.peft.bottleneck import replace_sublayer
-from kft.peft.lora import _LORA_CLASSES
-from kft.peft.trainable import freeze_base
+from kft.layers.lora_conversion import LORA_CLASSES
+from kft.layers.lora_conversion import add_lora_adapter
 from kft.model_tree import reset_compiled_functions
 
 _CONFIG = "config.json"
@@ -53,7 +63,7 @@ def load_model(filepath, train_also=None, custom_objects=None, compile=True, saf
     Example:
     ```python
     classifier.save("tuned.keras")  # LoRA inside BertBackbone blocks
-    classifier = kft.peft.load_model("tuned.keras", train_also=["logits"])
+    classifier = kft.saving.load_model("tuned.keras", train_also=["logits"])
     ```
     """
     try:
@@ -77,6 +87,9 @@ def load_model(filepath, train_also=None, custom_objects=None, compile=True, saf
         elif record["kind"] == "bottleneck":
             _restore_bottleneck(_unique(by_path, record["parent"]), record)
     if records or train_also is not None:
+        # kft.peft imports this module (its load_model is this one).
+        from kft.peft.trainable import freeze_base
+
         freeze_base(model, train_also)
     if compile and compile_config:
         # Keras' compile_from_config skips models with a custom compile
@@ -137,16 +150,13 @@ def _unique(by_path, path):
 def _restore_lora(layer, record):
     if isinstance(layer, LoRAAdapters):
         return  # Rebuilt from its own config already.
-    if type(layer) not in _LORA_CLASSES:
+    if type(layer) not in LORA_CLASSES:
         raise KftError(
             f"The saved LoRA layer at '{record['path']}' came back as a "
             f"{type(layer).__name__}; the model's code changed since saving."
         )
-    specs = [(n, AdapterSpec.from_config(s)) for n, s in record["adapters"].items()]
-    first_name, first_spec = specs[0]
-    _LORA_CLASSES[type(layer)].convert_in_place(layer, first_name, first_spec)
-    for name, spec in specs[1:]:
-        layer.add_adapter(name, spec)
+    for name, spec in record["adapters"].items():
+        add_lora_adapter(layer, name, AdapterSpec.from_config(spec))
     layer.set_active_adapter(record["active_adapter"])
     # The saved kernel is merged already; the weights restore the DoRA norm.
     object.__setattr__(layer, "_merged_adapter", record["merged_adapter"])
@@ -154,10 +164,7 @@ def _restore_lora(layer, record):
 
 
 def _restore_bottleneck(parent, record):
-    current = getattr(parent, record["attribute"])
-    if isinstance(current, BottleneckAdapter):
+    if isinstance(getattr(parent, record["attribute"]), BottleneckAdapter):
         return
     adapter = BottleneckAdapter.from_config(record["config"])
-    build_under(record["parent"], adapter, (None, None, record["input_dim"]))
-    adapter.record_insertion(record["parent"], record["attribute"])
-    replace_sublayer(parent, record["attribute"], current, adapter)
+    adapter.insert(parent, record["attribute"], record["input_dim"])
