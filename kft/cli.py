@@ -1,10 +1,16 @@
-"""The `kft` command line: run, tune, info, lr-find and export."""
+"""The `kft` command line: run, tune, info, lr-find and export.
+
+Commands parse their options, call the library and print what it returns
+through `kft.console`.
+"""
 
 import os
 import sys
 
 import click
 
+from kft import console
+from kft.console import Console
 from kft.errors import KftError
 
 
@@ -17,7 +23,7 @@ class _RecipeCommand(click.Command):
             click.echo(self.get_help(ctx))
             if recipe_files:
                 click.echo("")
-                _echo_params(_load(recipe_files[0]))
+                Console().recipe_params(_load(recipe_files[0]))
             ctx.exit(0)
         return super().parse_args(ctx, args)
 
@@ -77,7 +83,7 @@ def run(recipe_file, data, overrides, params_file, output, resume, strategy):
               help="Search algorithm (default random). Hyperband needs a Budget param.")
 @click.option("--objective", help="Metric to optimise at each trial's best epoch (default: the recipe's monitor).")
 @click.option("--direction", type=click.Choice(["min", "max"]),
-              help="Default: min for names with 'loss', else max.")
+              help="Default: from the recipe's metrics (the loss falls, accuracy rises).")
 @click.option("--data", help="Training data for every trial (sets the 'data' param).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Fix an unsearched hyperparameter for every trial; repeatable.")
@@ -113,12 +119,12 @@ def tune(recipe_file, trials, tuner, objective, direction, data, overrides, outp
 def info(recipe_file, data, overrides, params_only):
     """Show RECIPE_FILE's hyperparameters, layer groups and stage plan."""
     recipe = _load(recipe_file)
-    _echo_params(recipe)
+    Console().recipe_params(recipe)
     if params_only:
         return
     from kft.runs import inspection
 
-    inspection.describe(recipe, recipe.resolve(overrides, data=data))
+    Console().model_plan(inspection.describe(recipe, recipe.resolve(overrides, data=data)))
 
 
 @main.command("lr-find", cls=_RecipeCommand)
@@ -132,16 +138,14 @@ def info(recipe_file, data, overrides, params_only):
 @click.option("--end-lr", default=10.0, show_default=True)
 def lr_find(recipe_file, stage, data, overrides, output, steps, start_lr, end_lr):
     """Sweep the learning rate for a stage of RECIPE_FILE and suggest one."""
-    from kft.runs import runner
+    from kft.runs.lr_find import find_learning_rate
 
     recipe = _load(recipe_file)
-    result, run_dir = runner.find_learning_rate(
+    result, run_dir = find_learning_rate(
         recipe, stage, overrides=overrides, data=data, output=output,
         num_steps=steps, start_lr=start_lr, end_lr=end_lr,
     )
-    click.echo(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
-               f"{result.valley:.2e} (valley)")
-    click.echo(f"Plot: {run_dir.path / 'lr_find.png'}")
+    Console().learning_rate_found(result, run_dir)
 
 
 @main.command()
@@ -158,7 +162,7 @@ def export(run_dir, base_dir, name, version, quantize, recipe_file):
     from kft.export import export_run
 
     export_run(run_dir, base_dir, name=name, version=version, quantize=quantize,
-               recipe=recipe_file)
+               recipe=recipe_file, verbose=True)
 
 
 def _load(recipe_file):
@@ -167,25 +171,12 @@ def _load(recipe_file):
     return recipe.load(recipe_file)
 
 
-def _echo_params(recipe):
-    from kft.runs.recipe import RUN_PARAMS
-
-    click.secho(f"Recipe {recipe.name!r} hyperparameters (--set KEY=VALUE):", bold=True)
-    params = {**recipe.params, **{k: v for k, v in RUN_PARAMS.items() if k not in recipe.params}}
-    width = max((len(key) for key in params), default=0)
-    search = recipe.search or {}
-    for key, value in params.items():
-        shared = "  run param" if key in RUN_PARAMS and key not in recipe.params else ""
-        searched = f"  kft tune: {search[key]!r}" if key in search else ""
-        click.echo(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__}){shared}{searched}")
-
-
 def entry_point():
     """Console-script entry: user errors become one line and exit status 2."""
     try:
         main.main(standalone_mode=False)
     except KftError as error:
-        click.secho(f"Error: {error}", fg="red", err=True)
+        console.error(error)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

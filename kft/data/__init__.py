@@ -1,6 +1,9 @@
-"""Training data: images, texts and tagged words from folders, files, TFDS and arrays, as tf.data pipelines."""
+"""Training data: images, texts and tagged words from folders, files, TFDS and arrays,
+as tf.data pipelines. Every loader returns a `kft.data.Data`."""
 
 from kft.data import datasets
+from kft.data.data import Data
+from kft.data.data import as_data
 from kft.data import images
 from kft.data import text
 from kft.data import token_labels

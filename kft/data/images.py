@@ -11,7 +11,6 @@ import concurrent.futures
 import dataclasses
 import os
 import pathlib
-import re
 import warnings
 
 import numpy as np
@@ -19,12 +18,12 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from kft.data import tfds_source
+from kft.data.data import Data
 from kft.data.splits import stratified_holdout
 from kft.errors import KftError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
-_TFDS_PREFIX = "tfds:"
 _ACCEPTED = (
     "an image folder (a subfolder of images per class), 'tfds:NAME' or a TFDS "
     "dataset name, or an (images, labels) pair of arrays"
@@ -33,33 +32,23 @@ _ACCEPTED = (
 _CHUNK = 256
 
 
-@dataclasses.dataclass
-class ImageData:
-    """Image classification data, ready for `model.fit`.
+@dataclasses.dataclass(kw_only=True)
+class ImageData(Data):
+    """Image classification data, ready for `model.fit` (a `kft.data.Data`).
+
+    `train` holds batches of `(uint8 [B, H, W, 3], int32 [B])`, reshuffled
+    every epoch from the seed, held in memory and prefetched; `validation`
+    the same in a fixed order; `skipped` the files that could not be read.
 
     Attributes:
-        train: batches of `(uint8 [B, H, W, 3], int32 [B])`, reshuffled every
-            epoch from the seed, held in memory and prefetched.
-        validation: batches in a fixed order, or `None` without validation.
-        class_names: the class of each label index.
-        num_train: number of training images.
-        num_validation: number of validation images.
-        skipped: files left out because they could not be read.
         image_size: `(height, width)` of every image.
-        batch_size: images per batch.
     """
 
-    train: tf.data.Dataset
-    validation: tf.data.Dataset | None
-    class_names: list[str]
-    num_train: int
-    num_validation: int
-    skipped: list[str]
     image_size: tuple[int, int]
-    batch_size: int
+    task: str = "image_classification"
 
 
-def from_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0):
+def from_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0, validation=None):
     """Reads a folder with a subfolder of images per class.
 
     Class names are the sorted subfolder names; images are found in each
@@ -74,16 +63,19 @@ def from_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0):
         image_size: `(height, width)` or one side of square images.
         batch_size: images per batch.
         validation_split: fraction of each class held out for validation
-            (0 for none).
+            (0 for none); ignored when `validation` is given.
         seed: seeds the split and the shuffling; the same seed gives the
             same split.
+        validation: optional folder of validation images laid out the same
+            way (the same class subfolders), instead of a split.
 
     Returns:
         An `ImageData`.
 
     Raises:
-        KftError: the folder is missing or empty, has fewer than two classes,
-            or a class has no readable image.
+        KftError: a folder is missing or empty, has fewer than two classes,
+            a class has no readable image, or the validation folder's
+            classes differ.
 
     Example:
     ```python
@@ -95,13 +87,24 @@ def from_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0):
     _check_options(batch_size, validation_split)
     folder = pathlib.Path(path).expanduser()
     class_names, files = _class_files(folder)
+    held_out = np.zeros(len(files), bool)
+    if validation is not None:
+        valid_folder = pathlib.Path(validation).expanduser()
+        valid_names, valid_files = _class_files(valid_folder)
+        if valid_names != class_names:
+            raise KftError(
+                f"Validation folder {valid_folder} has classes {valid_names}, but {folder} "
+                f"has {class_names}: give both the same class subfolders."
+            )
+        held_out = np.concatenate([held_out, np.ones(len(valid_files), bool)])
+        files = files + valid_files
     paths = [str(file) for file, _ in files]
     labels = np.array([label for _, label in files], np.int32)
 
     images, readable = _read_images(paths, image_size)
     skipped = [file for file, ok in zip(paths, readable) if not ok]
     if skipped:
-        images, labels = images[readable], labels[readable]
+        images, labels, held_out = images[readable], labels[readable], held_out[readable]
     counts = np.bincount(labels, minlength=len(class_names))
     unreadable = [name for name, count in zip(class_names, counts) if count == 0]
     if unreadable:
@@ -110,8 +113,11 @@ def from_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0):
             f"{', '.join(unreadable)} ({len(skipped)} file(s) could not be read). "
             "Add valid images there or remove the folder."
         )
+    split = None
+    if validation is not None:
+        split = (np.flatnonzero(~held_out), np.flatnonzero(held_out))
     return _image_data(
-        images, labels, class_names, batch_size, validation_split, seed, skipped
+        images, labels, class_names, batch_size, validation_split, seed, skipped, split=split
     )
 
 
@@ -226,8 +232,12 @@ def from_tfds(name, image_size, batch_size=32, validation_split=0.2, seed=0, dat
     return _image_data(images, labels, class_names, batch_size, validation_split, seed)
 
 
-def load(source, image_size, batch_size=32, validation_split=0.2, seed=0):
+def load(source, image_size, batch_size=32, validation_split=0.2, seed=0, validation=None):
     """Loads image classification data from whatever `source` names.
+
+    The arguments every kft loader shares (`batch_size`, `validation_split`,
+    `seed`, `validation`) mean the same in `kft.data.text.load` and
+    `kft.data.token_labels.load`.
 
     Args:
         source: an existing image folder (see `from_folder`); `"tfds:NAME"`
@@ -237,6 +247,9 @@ def load(source, image_size, batch_size=32, validation_split=0.2, seed=0):
         batch_size: images per batch.
         validation_split: fraction held out for validation.
         seed: seeds the split and the shuffling.
+        validation: validation data in the same form as `source` (a folder,
+            or an `(images, labels)` pair) instead of a split; TFDS
+            datasets split their train split.
 
     Returns:
         An `ImageData`.
@@ -257,16 +270,20 @@ def load(source, image_size, batch_size=32, validation_split=0.2, seed=0):
         seed=seed,
     )
     if isinstance(source, (tuple, list)) and len(source) == 2:
-        return from_arrays(source[0], source[1], **options)
+        return from_arrays(source[0], source[1], validation=validation, **options)
     if not isinstance(source, (str, os.PathLike)):
         raise KftError(f"Cannot read image data from a {type(source).__name__}; pass {_ACCEPTED}.")
     text = os.fspath(source)
-    if text.startswith(_TFDS_PREFIX):
-        return from_tfds(text[len(_TFDS_PREFIX):], **options)
     if os.path.isdir(os.path.expanduser(text)):
-        return from_folder(text, **options)
-    if _is_tfds_name(text):
-        return from_tfds(text, **options)
+        return from_folder(text, validation=validation, **options)
+    name = tfds_source.named(text) or (text if tfds_source.is_registered(text) else None)
+    if name is not None:
+        if validation is not None:
+            raise KftError(
+                f"{text}: a TFDS dataset's validation set is a split of its train split; "
+                "drop validation= (set validation_split) or use a local folder."
+            )
+        return from_tfds(name, **options)
     what = "is a file, not a folder" if os.path.exists(text) else "does not exist"
     raise KftError(f"Data {text!r} {what} and is not a TFDS dataset name; pass {_ACCEPTED}.")
 
@@ -514,13 +531,3 @@ def _check_options(batch_size, validation_split):
         raise KftError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not 0 <= validation_split < 1:
         raise KftError(f"validation_split must be in [0, 1), got {validation_split!r}.")
-
-
-def _is_tfds_name(text):
-    """True for registered TFDS names such as `mnist`, `mnist/config` or `mnist:3.0.1`."""
-    base = re.split(r"[/:]", text, maxsplit=1)[0]
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", base):
-        return False
-    import tensorflow_datasets as tfds
-
-    return base in tfds.list_builders(with_community_datasets=False)

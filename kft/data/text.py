@@ -19,45 +19,28 @@ import numpy as np
 import tensorflow as tf
 
 from kft.data import tfds_source
+from kft.data.data import Data
 from kft.data.splits import stratified_holdout
 from kft.errors import KftError
 
-_TFDS_PREFIX = "tfds:"
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _BALANCE = (None, "none", "class_weight", "oversample")
 # The separator of several labels in one CSV/TSV cell of multi-label data.
 LABEL_SEPARATOR = "|"
 
 
-@dataclasses.dataclass
-class TextData:
-    """Text classification data, ready for `model.fit`.
+@dataclasses.dataclass(kw_only=True)
+class TextData(Data):
+    """Text classification data, ready for `model.fit` (a `kft.data.Data`).
 
-    Attributes:
-        train: batches of `(tf.string [B], labels)`, reshuffled every epoch
-            from the seed (rare classes repeated when oversampling).
-        validation: batches in a fixed order, or `None`.
-        test: batches in a fixed order, or `None`; kft reports its metrics
-            at the end of a run.
-        class_names: the class of each label index.
-        num_train: training texts (after oversampling).
-        num_validation: validation texts.
-        num_test: test texts.
-        batch_size: texts per batch.
-        multi_label: labels are multi-hot `float32 [B, classes]` vectors.
-        class_weight: `{label: weight}` for `model.fit`, or `None`.
+    `train` holds batches of `(tf.string [B], labels)`, reshuffled every
+    epoch from the seed (rare classes repeated when oversampling; `num_train`
+    counts them); `validation` and `test` the same in a fixed order. Labels
+    are int32 class indices, or multi-hot `float32 [B, classes]` vectors
+    when `multi_label`.
     """
 
-    train: tf.data.Dataset
-    validation: tf.data.Dataset | None
-    test: tf.data.Dataset | None
-    class_names: list[str]
-    num_train: int
-    num_validation: int
-    num_test: int
-    batch_size: int
-    multi_label: bool = False
-    class_weight: dict | None = None
+    task: str = "text_classification"
 
 
 @dataclasses.dataclass
@@ -257,10 +240,19 @@ def load(source, text_column="text", label_column="label", **options):
             "JSON Lines file, 'tfds:NAME' or a (texts, labels) pair."
         )
     text = os.fspath(source)
-    if text.startswith(_TFDS_PREFIX):
+    name = tfds_source.named(text)
+    if name is not None:
+        # A TFDS dataset brings its own classes and test split.
+        ignored = [key for key in ("class_names", "validation", "test") if options.get(key)]
+        ignored += ["multi_label"] if options.get("multi_label") else []
+        if ignored:
+            raise KftError(
+                f"{text}: a TFDS dataset brings its own classes and test split, so "
+                f"{', '.join(ignored)} cannot apply; drop them or use a local file."
+            )
         for key in ("class_names", "validation", "test", "multi_label"):
             options.pop(key, None)
-        return from_tfds(text[len(_TFDS_PREFIX):], **options)
+        return from_tfds(name, **options)
     return from_file(text, text_column=text_column, label_column=label_column, **options)
 
 

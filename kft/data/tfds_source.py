@@ -1,6 +1,26 @@
 """TFDS classification datasets: found, checked and prepared, for images and texts."""
 
+import re
+
 from kft.errors import KftError
+
+# `--data tfds:NAME` names a TFDS dataset, for images and texts alike.
+PREFIX = "tfds:"
+
+
+def named(source):
+    """The TFDS name in a `"tfds:NAME"` source, or `None` for anything else."""
+    return source[len(PREFIX):] if source.startswith(PREFIX) else None
+
+
+def is_registered(text):
+    """True for registered TFDS names such as `mnist`, `mnist/config` or `mnist:3.0.1`."""
+    base = re.split(r"[/:]", text, maxsplit=1)[0]
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", base):
+        return False
+    import tensorflow_datasets as tfds
+
+    return base in tfds.list_builders(with_community_datasets=False)
 
 
 def prepared_builder(name, data_dir, kind, local_source):

@@ -23,13 +23,16 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from kft.data.data import Data
 from kft.errors import KftError
 from kft.evaluation.entities import OUTSIDE
 from kft.evaluation.entities import check_tag_layout
 from kft.evaluation.entities import split_tag
 
-# Word label id padding in batches; the model leaves such words out of the loss.
-PAD_LABEL = -1
+# The label of positions without one: padding words, and (in the model) later
+# wordpieces of a word, special tokens and words cut off. The loss
+# (`ignore_class`) and `EntityF1` leave them out.
+IGNORED_LABEL = -1
 
 
 @dataclasses.dataclass
@@ -56,31 +59,23 @@ class TaggedSentence:
         return f"{self.source}, word {index}"
 
 
-@dataclasses.dataclass
-class TokenData:
-    """Token classification data, ready for a `TokenClassifier`'s `fit`.
+@dataclasses.dataclass(kw_only=True)
+class TokenData(Data):
+    """Token classification data for a `TokenClassifier`'s `fit` (a `kft.data.Data`).
+
+    `train` holds batches of `(string [B], int32 [B, W])`: sentences (words
+    joined by one space) and word label ids padded with `IGNORED_LABEL` to
+    the longest sentence, reshuffled every epoch from the seed;
+    `validation` the same in a fixed order. `class_names` are the tag names
+    in kft's layout `["O", "B-T1", "I-T1", ...]`.
 
     Attributes:
-        train: batches of `(string [B], int32 [B, W])`: sentences (words
-            joined by one space) and word label ids padded with -1 to the
-            longest sentence, reshuffled every epoch from the seed.
-        validation: the same in a fixed order, or `None`.
-        class_names: the tag names, in kft's layout
-            `["O", "B-T1", "I-T1", ...]`.
-        num_train: number of training sentences.
-        num_validation: number of validation sentences.
         validation_sentences: the validation `TaggedSentence`s, in order
             (for `kft.evaluation.entities.entity_scores` reports).
-        batch_size: sentences per batch.
     """
 
-    train: tf.data.Dataset
-    validation: tf.data.Dataset | None
-    class_names: list
-    num_train: int
-    num_validation: int
     validation_sentences: list
-    batch_size: int
+    task: str = "token_classification"
 
 
 def read_conll(path, encoding="utf-8"):
@@ -238,7 +233,7 @@ def to_dataset(sentences, class_names, batch_size=16, shuffle=False, seed=0):
     """
     texts = [" ".join(sentence.words) for sentence in sentences]
     encoded = encode(sentences, class_names)
-    labels = np.full((len(encoded), max(map(len, encoded), default=0)), PAD_LABEL, np.int32)
+    labels = np.full((len(encoded), max(map(len, encoded), default=0)), IGNORED_LABEL, np.int32)
     for row, ids in enumerate(encoded):
         labels[row, : len(ids)] = ids
     dataset = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string), labels))
@@ -247,18 +242,20 @@ def to_dataset(sentences, class_names, batch_size=16, shuffle=False, seed=0):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def load(train, validation=None, tags=None, batch_size=16, validation_split=0.1, seed=0):
+def load(source, validation=None, class_names=None, batch_size=16, validation_split=0.1,
+         seed=0):
     """Token classification data from CoNLL-style files or Python lists.
 
     Args:
-        train: a CoNLL-style file, or `[(words, tags), ...]`.
+        source: the training data: a CoNLL-style file, or
+            `[(words, tags), ...]`.
         validation: the same for validation; `None` holds out
-            `validation_split` of `train` instead.
-        tags: the tag names in kft's layout, or `None` to take the tags that
-            occur in the data (see `tag_names`). A tag outside a given list
-            raises a `KftError` naming its file and line.
+            `validation_split` of `source` instead.
+        class_names: the tag names in kft's layout, or `None` to take the
+            tags that occur in the data (see `tag_names`). A tag outside a
+            given list raises a `KftError` naming its file and line.
         batch_size: sentences per batch.
-        validation_split: fraction of `train` held out when `validation` is
+        validation_split: fraction of `source` held out when `validation` is
             `None` (0 for no validation).
         seed: seeds the split and the shuffling.
 
@@ -272,7 +269,7 @@ def load(train, validation=None, tags=None, batch_size=16, validation_split=0.1,
         validation_split=0)
     ```
     """
-    train_sentences = _sentences(train, "train")
+    train_sentences = _sentences(source, "train")
     if validation is not None:
         validation_sentences = _sentences(validation, "validation")
     else:
@@ -284,10 +281,10 @@ def load(train, validation=None, tags=None, batch_size=16, validation_split=0.1,
         train_sentences = [train_sentences[i] for i in sorted(order[held_out:])]
     if not train_sentences:
         raise KftError("The training data holds no sentences.")
-    if tags is None:
+    if class_names is None:
         class_names = tag_names(train_sentences + validation_sentences)
     else:
-        class_names = [str(tag) for tag in tags]
+        class_names = [str(tag) for tag in class_names]
         check_tag_layout(class_names)
     return TokenData(
         train=to_dataset(train_sentences, class_names, batch_size, shuffle=True, seed=seed),

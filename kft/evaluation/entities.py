@@ -223,6 +223,8 @@ class EntityF1(keras.metrics.Metric):
         if kind not in ("f1", "precision", "recall"):
             raise KftError(f"EntityF1 kind must be 'f1', 'precision' or 'recall', got {kind!r}.")
         self.kind = kind
+        # Higher is better: Keras' callbacks (and kft's best checkpoint) read it.
+        self._direction = "up"
         self.true_count = self.add_variable((), initializer="zeros", name="true_count")
         self.predicted_count = self.add_variable((), initializer="zeros", name="predicted_count")
         self.correct_count = self.add_variable((), initializer="zeros", name="correct_count")

@@ -4,8 +4,7 @@ import json
 import pathlib
 import re
 
-import click
-
+from kft.console import Console
 from kft.errors import KftError
 from kft.export.serving_export import serving
 
@@ -15,7 +14,7 @@ _RUN_NAME = re.compile(r"^(?P<recipe>.+)-\d{8}-\d{6}(-\d+)?$")
 RECIPE_COPY = "recipe.py"
 
 
-def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None):
+def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None, verbose=False):
     """Exports the final model of a run directory as `to/name/version/`.
 
     `model.json` records the labels (`labels.json`), the run directory, its
@@ -34,6 +33,7 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None)
         recipe: with `quantize`, the recipe the run was trained with: a
             `kft.Recipe` or the path of its file. Defaults to
             `run_dir/recipe.py` when the run directory holds a copy.
+        verbose: print the quantization report and where the export went.
 
     Returns:
         The published version folder, a `pathlib.Path`.
@@ -63,7 +63,7 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None)
     path = serving(
         model, to, name=name or _recipe_name(run) or model.name, version=version,
         labels=labels, quantize=quantize, representative_data=representative,
-        validation_data=validation,
+        validation_data=validation, verbose=verbose,
         metadata={
             "source": {
                 "run_dir": str(run.resolve()),
@@ -73,7 +73,7 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None)
             "validation": metrics.get("final", {}),
         },
     )
-    click.echo(f"Exported {model_file} to {path}")
+    Console(verbose).exported(model_file, path)
     return path
 
 

@@ -3,9 +3,9 @@
 import os
 import tempfile
 
-import click
 import keras
 
+from kft.console import Console
 from kft.errors import KftError
 from kft.export import data_arrays
 from kft.export import model_json
@@ -20,7 +20,7 @@ CALIBRATION_EXAMPLES = 200
 
 
 def serving(model, base_dir, name=None, version=None, labels=None, metadata=None,
-            quantize=None, representative_data=None, validation_data=None):
+            quantize=None, representative_data=None, validation_data=None, verbose=False):
     """Exports a classifier for TF Serving as `base_dir/name/version/`.
 
     The version folder holds a SavedModel (`saved_model.pb`, `variables/`,
@@ -51,7 +51,7 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
             weights (`model.quantize("int8")`), and image models also get a
             full-int8 TFLite file, `model_int8.tflite`, in the version folder.
             Sizes and accuracies before and after go to `model.json`
-            (`"quantization"`) and are printed.
+            (`"quantization"`).
         representative_data: with `quantize`, training inputs to calibrate
             the TFLite file (an array `[N, H, W, C]` or a `tf.data.Dataset`
             of inputs or `(inputs, labels)`); the first 200 are used.
@@ -59,6 +59,7 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
         validation_data: with `quantize`, `(inputs, labels)` arrays or a
             `tf.data.Dataset` of batches, to measure accuracy before and
             after; without it only sizes are reported.
+        verbose: print the quantization report.
 
     Returns:
         The published version folder, a `pathlib.Path`.
@@ -105,7 +106,7 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
 
     published = versions.publish_version(folder, version, write)
     for report in reports:
-        click.echo(quantization.format_report(report))
+        Console(verbose).quantization(report)
     return published
 
 

@@ -38,14 +38,12 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from kft.data.token_labels import IGNORED_LABEL
 from kft.errors import KftError
 from kft.evaluation.entities import EntityF1
 from kft.evaluation.entities import check_tag_layout
 from kft.models.weights import text_presets
 
-# The label of positions that have none: later pieces of a word, special
-# tokens, padding, words cut off by `sequence_length`.
-IGNORED = -1
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -142,7 +140,7 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         word_number = tf.ragged.range(pieces.row_lengths()).values
         piece_word = tf.gather(word_number, word_pieces.value_rowids())
         first = tf.ragged.range(word_pieces.row_lengths()).values == 0
-        positions = tokens.with_flat_values(tf.where(first, piece_word, IGNORED))
+        positions = tokens.with_flat_values(tf.where(first, piece_word, IGNORED_LABEL))
 
         token_ids, padding_mask = self._pack(
             tokens, self.tokenizer.start_token_id, self.tokenizer.end_token_id,
@@ -151,15 +149,15 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         features = {"token_ids": token_ids, "padding_mask": padding_mask}
         if self.segment_ids:
             features["segment_ids"] = tf.zeros_like(token_ids)
-        word_positions, _ = self._pack(positions, IGNORED, IGNORED, IGNORED)
+        word_positions, _ = self._pack(positions, IGNORED_LABEL, IGNORED_LABEL, IGNORED_LABEL)
         if y is None:
             return features, None, word_positions
         sentence = tf.cast(tokens.value_rowids(), piece_word.dtype)
         word_labels = tf.gather_nd(y, tf.stack([sentence, piece_word], axis=1))
         piece_labels = tokens.with_flat_values(
-            tf.where(first, tf.cast(word_labels, "int32"), IGNORED)
+            tf.where(first, tf.cast(word_labels, "int32"), IGNORED_LABEL)
         )
-        labels, _ = self._pack(piece_labels, IGNORED, IGNORED, IGNORED)
+        labels, _ = self._pack(piece_labels, IGNORED_LABEL, IGNORED_LABEL, IGNORED_LABEL)
         return features, labels, word_positions
 
     def _unknown_if_empty(self, word_pieces):
@@ -206,11 +204,11 @@ def _labels_tensor(y):
     if y is None:
         return None
     if isinstance(y, tf.RaggedTensor):
-        return y.to_tensor(default_value=IGNORED)
+        return y.to_tensor(default_value=IGNORED_LABEL)
     if isinstance(y, tf.Tensor):
         return tf.cast(y, "int32")
     try:
-        return tf.ragged.constant(y, dtype="int32").to_tensor(default_value=IGNORED)
+        return tf.ragged.constant(y, dtype="int32").to_tensor(default_value=IGNORED_LABEL)
     except (ValueError, TypeError):
         return tf.constant(y, dtype="int32")
 
@@ -287,7 +285,7 @@ class TokenClassifier(keras_hub.models.Task):
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(5e-5)
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORED)
+            loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORED_LABEL)
         if metrics == "auto":
             metrics = [EntityF1()]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)

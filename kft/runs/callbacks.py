@@ -6,8 +6,11 @@ import os
 
 import keras
 
+# Keras' base of ModelCheckpoint and EarlyStopping (not exported by `keras.callbacks`).
+from keras.src.callbacks.monitor_callback import MonitorCallback
 
-class RunCheckpoint(keras.callbacks.Callback):
+
+class RunCheckpoint(MonitorCallback):
     """Saves `last.keras` every epoch, `best.keras` on improvement, and progress.
 
     The checkpoint is published before `state.json` says the epoch is done,
@@ -18,16 +21,17 @@ class RunCheckpoint(keras.callbacks.Callback):
         run_dir: the `RunDirectory`.
         state: the run's progress dict (`epoch`, `best`), updated in place.
         stage_name: name of the stage being trained.
-        monitor: the validation metric that defines "best"; a name containing
-            "loss" is minimised, anything else maximised.
+        monitor: the validation metric that defines "best".
+        mode: `"min"`, `"max"` (a run passes
+            `kft.runs.monitor.monitor_mode`'s answer) or `"auto"` (Keras'
+            rule on the compiled metrics).
     """
 
-    def __init__(self, run_dir, state, stage_name, monitor="val_accuracy"):
-        super().__init__()
+    def __init__(self, run_dir, state, stage_name, monitor="val_accuracy", mode="auto"):
+        super().__init__(monitor=monitor, mode=mode)
         self.run_dir = run_dir
         self.state = state
         self.stage_name = stage_name
-        self.monitor = monitor
         self.model_to_save = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -35,19 +39,17 @@ class RunCheckpoint(keras.callbacks.Callback):
         model = self.model_to_save or self.model
         self.run_dir.save_model(model, self.run_dir.last_checkpoint)
         score = logs.get(self.monitor)
-        if score is not None and not math.isnan(score) and self._improved(score):
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        if score is not None and not math.isnan(score) and self._is_improvement(
+            score, self.state.get("best")
+        ):
             self.run_dir.save_model(model, self.run_dir.best_checkpoint)
             self.state["best"] = float(score)
             self.state["best_epoch"] = epoch + 1
         self.state["epoch"] = epoch + 1
         self.state["stage"] = self.stage_name
         self.run_dir.write_json("state.json", self.state)
-
-    def _improved(self, score):
-        best = self.state.get("best")
-        if best is None:
-            return True
-        return score < best if "loss" in self.monitor else score > best
 
 
 class StageCSVLogger(keras.callbacks.Callback):

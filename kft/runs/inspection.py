@@ -1,33 +1,45 @@
 """`kft info`: a recipe's layer groups and what each stage trains."""
 
-import click
+import dataclasses
 
 from kft import freezing
-from kft.runs.runner import apply_stage_trainable
+from kft.data import as_data
+from kft.runs.stages import apply_stage_trainable
+
+
+@dataclasses.dataclass
+class Plan:
+    """A recipe's model and stages, before anything trains.
+
+    Attributes:
+        model_name: the model's name.
+        total: its parameters.
+        groups: its `LayerGroup`s, input to output.
+        stages: `(Stage, trainable parameters)` for each stage.
+    """
+
+    model_name: str
+    total: int
+    groups: list
+    stages: list
 
 
 def describe(recipe, params):
-    """Builds the recipe's data and model and prints groups and the stage plan.
+    """Builds the recipe's data and model and applies each stage's selection.
 
     Args:
         recipe: a `kft.Recipe`.
         params: the resolved params namespace.
+
+    Returns:
+        A `Plan` (`kft.console.Console.model_plan` prints it).
     """
-    dataset = recipe.data(params)
-    model = recipe.model(params, dataset)
+    data = as_data(recipe.data(params))
+    model = recipe.model(params, data)
     stages = recipe.build_stages(params)
-    total = model.count_params()
-
-    click.secho(f"\nModel {model.name!r}: {total:,} parameters", bold=True)
-    click.secho("Layer groups (input to output):", bold=True)
-    for group in freezing.layer_groups(model):
-        click.echo(f"  {group.name:<24} {len(group.layers):>4} layers  {group.num_params:>12,} params")
-
-    click.secho("Stages:", bold=True)
-    for index, stage in enumerate(stages):
-        trainable = apply_stage_trainable(model, stage)
-        click.echo(
-            f"  {index + 1}. {stage.name:<12} {stage.epochs} epoch(s), lr {stage.lr:g}, "
-            f"trains {stage.train!r}: {trainable:,} of {total:,} "
-            f"({100.0 * trainable / max(total, 1):.1f}%)"
-        )
+    return Plan(
+        model_name=model.name,
+        total=model.count_params(),
+        groups=freezing.layer_groups(model),
+        stages=[(stage, apply_stage_trainable(model, stage)) for stage in stages],
+    )

@@ -91,7 +91,10 @@ class Recipe:
         metrics: Keras metrics to compile with; the loss is sparse categorical
             cross-entropy unless `loss` is given.
         loss: a Keras loss or its name.
-        monitor: the validation metric that picks the best checkpoint.
+        monitor: the validation metric that picks the best checkpoint (and
+            that `kft tune` optimises by default).
+        monitor_mode: `"auto"` (the loss falls, a metric moves in its Keras
+            direction: `val_mae` falls, `val_auc` rises), `"min"` or `"max"`.
         callbacks: `params -> list of Keras callbacks` added to every stage.
         baseline: `"linear_probe"` to also train a new head on the frozen
             pretrained model before the stages and report it next to the
@@ -125,6 +128,7 @@ class Recipe:
     metrics: Sequence[Any] = ("accuracy",)
     loss: Any = "sparse_categorical_crossentropy"
     monitor: str = "val_accuracy"
+    monitor_mode: str = "auto"
     callbacks: Optional[Callable] = None
     baseline: Any = None
     jit_compile: Any = "auto"
@@ -133,8 +137,14 @@ class Recipe:
     source: Optional[str] = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
+        from kft.runs.monitor import MODES
         from kft.tuning import space
 
+        if self.monitor_mode not in MODES:
+            raise KftError(
+                f"Recipe {self.name!r}: monitor_mode must be one of {', '.join(MODES)}, "
+                f"got {self.monitor_mode!r}."
+            )
         space.check(self.search, self.defaults(), self.name)
 
     def defaults(self):

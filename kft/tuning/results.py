@@ -5,9 +5,7 @@ import dataclasses
 import math
 from typing import Optional
 
-import click
-
-from kft.runs import report
+from kft.runs import history
 from kft.errors import KftError
 
 # keras-tuner's trial statuses, as the table shows them. A trial still
@@ -52,7 +50,7 @@ def best_value(history_path, objective, direction):
     Raises:
         KftError: the history has no `objective` column.
     """
-    rows = report.read_history(history_path) if history_path.is_file() else []
+    rows = history.read_history(history_path) if history_path.is_file() else []
     if not rows or objective not in rows[0]:
         known = ", ".join(key for key in (rows[0] if rows else {}) if key not in ("epoch", "stage"))
         raise KftError(
@@ -99,30 +97,6 @@ def _csv_value(value):
     return "" if value is None else repr(value) if isinstance(value, float) else str(value)
 
 
-def table(rows, names, objective, best):
-    """Formats the trials as the aligned table `kft tune` prints; `*` marks the best."""
-    header = ["trial", "status", objective, "time", *names]
-    lines = []
-    for row in rows:
-        mark = "*" if best is not None and row is best else ""
-        lines.append([
-            f"{row.trial}{mark}", row.status,
-            "" if row.score is None else f"{row.score:.4f}",
-            "" if row.seconds is None else f"{row.seconds:.0f}s",
-            *[short_value(row.values.get(name)) for name in names],
-        ])
-    return report.table(header, lines)
-
-
-def short_value(value):
-    """A value as the trials table shows it: floats to 4 significant digits."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def plot(rows, objective, direction, path):
     """Plots the objective per trial in run order, the best so far, and failures."""
     import matplotlib
@@ -156,16 +130,6 @@ def plot(rows, objective, direction, path):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
-
-
-def echo_summary(rows, names, objective, best, tune_dir):
-    click.secho("\nTrials", bold=True)
-    click.echo(table(rows, names, objective, best))
-    if best is None:
-        click.echo("No trial completed: no best parameters.")
-    else:
-        click.echo(f"Best: trial {best.trial}, {objective} {best.score:.4f}")
-    click.echo(f"Results in {tune_dir.path}")
 
 
 def check_objective_direction(direction):

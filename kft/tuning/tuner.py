@@ -9,11 +9,12 @@ import sys
 import time
 from typing import Optional
 
-import click
 import keras
 import keras_tuner
 
+from kft.console import Console
 from kft.runs import runner
+from kft.runs.monitor import monitor_mode
 from kft.errors import KftError
 from kft.runs.run_directory import RunDirectory
 from kft.tuning import results, space
@@ -69,11 +70,14 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         objective: the metric name; `direction`: `"min"` or `"max"`.
         isolate: run each trial as a `kft run` process of its own, so all of
             its memory returns to the system when it ends.
+        verbose: print each trial's progress and result.
     """
 
-    def __init__(self, oracle, recipe, tune_dir, fixed, objective, direction, isolate=False):
+    def __init__(self, oracle, recipe, tune_dir, fixed, objective, direction, isolate=False,
+                 verbose=True):
         self.recipe = recipe
         self.isolate = isolate
+        self.console = Console(verbose)
         self.tune_dir = tune_dir
         self.fixed = dict(fixed)
         self.objective = objective
@@ -108,8 +112,7 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         folder.mkdir(parents=True, exist_ok=True)
         record = {"trial": trial.trial_id, "values": values, "run_dir": None,
                   "seconds": None, "message": None}
-        shown = ", ".join(f"{name}={results.short_value(value)}" for name, value in values.items())
-        click.secho(f"\n=== Trial {trial.trial_id}: {shown} ===", bold=True)
+        self.console.trial_started(trial.trial_id, values)
         began = time.time()
         try:
             run_dir = self._run(folder, values)
@@ -146,14 +149,16 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
     def _run(self, folder, values):
         earlier = _latest_run(folder)
         if earlier is not None and (earlier / "metrics.json").is_file():
-            click.echo(f"The trial finished before the search stopped: {earlier}")
+            self.console.trial_finished_earlier(earlier)
             return RunDirectory(earlier)
         resume = earlier if earlier is not None and (earlier / "state.json").is_file() else None
         if self.isolate:
             return self._run_process(folder, values, resume)
+        verbose = self.console.verbose
         if resume is not None:
-            return runner.run(self.recipe, resume=resume).run_dir
-        return runner.run(self.recipe, overrides={**self.fixed, **values}, output=folder).run_dir
+            return runner.run(self.recipe, resume=resume, verbose=verbose).run_dir
+        return runner.run(self.recipe, overrides={**self.fixed, **values}, output=folder,
+                          verbose=verbose).run_dir
 
     def _run_process(self, folder, values, resume):
         """Runs the trial as `kft run RECIPE_FILE` in a new Python process."""
@@ -182,11 +187,7 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         finally:
             row = next((row for row in self.rows() if row.trial == trial.trial_id), None)
             if row is not None:
-                if row.status == "completed":
-                    click.echo(f"Trial {row.trial}: {self.objective} {row.score:.4f} "
-                               f"({row.seconds:.0f}s)")
-                else:
-                    click.secho(f"Trial {row.trial} failed: {row.message}", fg="red")
+                self.console.trial_ended(row, self.objective)
             self.write_results()
 
     def rows(self):
@@ -235,7 +236,7 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
 def tune(recipe, trials=10, tuner=None, objective=None, direction=None, overrides=None,
          data=None, output=None, resume=None, retrain_best=False, seed=None, max_failures=3,
-         factor=3, isolate=False):
+         factor=3, isolate=False, verbose=True):
     """Searches `recipe.search` with keras-tuner; each trial runs the whole recipe.
 
     Args:
@@ -246,8 +247,9 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
             Hyperband needs a `kft.tuning.Budget()` param in the search.
         objective: the metric to optimise, at each trial's best epoch
             (default: the recipe's `monitor`).
-        direction: `"min"` or `"max"`; default `"min"` for names containing
-            "loss", else `"max"`.
+        direction: `"min"` or `"max"`; by default Keras' rule on the
+            recipe's metrics (`kft.runs.monitor.monitor_mode`): the loss
+            falls, `val_auc` rises, `val_mae` falls.
         overrides: `--set` strings or a dict, applied to every trial; a
             searched param cannot be set.
         data: the `--data` value for every trial.
@@ -266,6 +268,7 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
             own (the recipe must come from a file): TensorFlow keeps part of
             each in-process trial's memory, a process returns all of it, for
             a few seconds of start-up per trial.
+        verbose: print each trial and the summary (`kft.console`).
 
     Returns:
         A `TuneResult`.
@@ -276,48 +279,24 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
     print(result.best_params)
     ```
     """
-    if not recipe.search:
-        raise KftError(
-            f"Recipe {recipe.name!r} declares no search space: add search={{...}}, e.g. "
-            "search={'lr': kft.tuning.LogUniform(1e-5, 1e-2)}."
-        )
-    space.check(recipe.search, recipe.defaults(), recipe.name)
-    if trials < 1:
-        raise KftError(f"--trials must be at least 1, got {trials}.")
-    if isolate and not recipe.source:
-        raise KftError("--isolate runs each trial as `kft run RECIPE_FILE`: load the recipe "
-                       "from its file with kft.runs.recipe.load.")
+    _check_search(recipe, trials, isolate)
+    out = Console(verbose)
     if resume is not None:
         if overrides or data:
             raise KftError("--resume continues with the search's saved params; drop --set/--data.")
         tune_dir = TuneDirectory.existing(resume)
         config = json.loads(tune_dir.config.read_text())
         _check_same(config, recipe, tuner, objective, direction, seed)
-        click.echo(f"Resuming the search in {tune_dir.path}")
     else:
-        tuner = tuner or "random"
-        if tuner not in TUNERS:
-            raise KftError(f"--tuner must be one of {', '.join(TUNERS)}, got {tuner!r}.")
-        objective = objective or recipe.monitor
-        direction = direction or ("min" if "loss" in objective else "max")
-        results.check_objective_direction(direction)
-        config = {
-            "recipe": recipe.name, "tuner": tuner, "objective": objective,
-            "direction": direction, "seed": seed, "factor": factor,
-            "fixed": _fixed_params(recipe, overrides, data, tuner),
-            "search": {name: repr(value) for name, value in recipe.search.items()},
-        }
-        _max_epochs(recipe, config)  # Rejects a Hyperband search without a budget now.
+        config = _new_config(recipe, tuner, objective, direction, seed, factor, overrides, data)
         tune_dir = TuneDirectory.create(recipe.name, output)
         tune_dir.write_json(tune_dir.config, config)
-        click.echo(f"Tune directory: {tune_dir.path}")
+    out.tune_directory(tune_dir, resumed=resume is not None)
 
     oracle = _oracle(recipe, config, trials, max_failures)
     recipe_tuner = RecipeTuner(oracle, recipe, tune_dir, config["fixed"], config["objective"],
-                               config["direction"], isolate=isolate)
-    click.echo(f"{config['tuner'].capitalize()} search of {', '.join(recipe.search)} "
-               f"for the best {config['objective']} ({config['direction']}), "
-               f"{len(oracle.trials)} of {trials} trial(s) done")
+                               config["direction"], isolate=isolate, verbose=verbose)
+    out.search_started(config, recipe.search, len(oracle.trials), trials)
     try:
         recipe_tuner.search(verbose=0)
     except _StopSearch as stop:
@@ -333,19 +312,51 @@ def tune(recipe, trials=10, tuner=None, objective=None, direction=None, override
     finally:
         rows, best = recipe_tuner.write_results()
 
-    results.echo_summary(rows, recipe_tuner.names, config["objective"], best, tune_dir)
     best_params = recipe_tuner.best_params(best) if best is not None else None
     outcome = TuneResult(tune_dir=tune_dir, trials=rows, best=best, best_params=best_params)
-    if best_params is not None:
-        click.echo(f"Best params: {tune_dir.best_params} "
-                   f"(kft run RECIPE --params {tune_dir.best_params})")
+    out.search_summary(outcome, recipe_tuner.names, config["objective"])
     if retrain_best:
         if best_params is None:
             raise KftError("--retrain-best: no trial completed, so there is nothing to retrain.")
-        click.secho(f"\nRetraining the best configuration (trial {best.trial})", bold=True)
-        outcome.retrained = runner.run(recipe, overrides=best_params, output=output)
-        click.echo(f"Best configuration retrained: {outcome.retrained.run_dir.path}")
+        out.retraining(best.trial)
+        outcome.retrained = runner.run(recipe, overrides=best_params, output=output,
+                                       verbose=verbose)
+        out.retrained(outcome.retrained)
     return outcome
+
+
+def _check_search(recipe, trials, isolate):
+    if not recipe.search:
+        raise KftError(
+            f"Recipe {recipe.name!r} declares no search space: add search={{...}}, e.g. "
+            "search={'lr': kft.tuning.LogUniform(1e-5, 1e-2)}."
+        )
+    space.check(recipe.search, recipe.defaults(), recipe.name)
+    if trials < 1:
+        raise KftError(f"--trials must be at least 1, got {trials}.")
+    if isolate and not recipe.source:
+        raise KftError("--isolate runs each trial as `kft run RECIPE_FILE`: load the recipe "
+                       "from its file with kft.runs.recipe.load.")
+
+
+def _new_config(recipe, tuner, objective, direction, seed, factor, overrides, data):
+    """How a new search runs: what `tune.json` records for `--resume`."""
+    tuner = tuner or "random"
+    if tuner not in TUNERS:
+        raise KftError(f"--tuner must be one of {', '.join(TUNERS)}, got {tuner!r}.")
+    objective = objective or recipe.monitor
+    if direction is None:
+        mode = recipe.monitor_mode if objective == recipe.monitor else "auto"
+        direction = monitor_mode(objective, recipe.metrics, mode)
+    results.check_objective_direction(direction)
+    config = {
+        "recipe": recipe.name, "tuner": tuner, "objective": objective,
+        "direction": direction, "seed": seed, "factor": factor,
+        "fixed": _fixed_params(recipe, overrides, data, tuner),
+        "search": {name: repr(value) for name, value in recipe.search.items()},
+    }
+    _max_epochs(recipe, config)  # Rejects a Hyperband search without a budget now.
+    return config
 
 
 def _fixed_params(recipe, overrides, data, tuner):

@@ -44,7 +44,7 @@ def test_unknown_tag_names_file_and_line(tmp_path):
     path = tmp_path / "train.conll"
     path.write_text(CONLL)
     with pytest.raises(KftError, match=r"train.conll:6: tag 'B-LOC' is not one of"):
-        token_labels.load(path, tags=["O", "B-PER", "I-PER"], validation_split=0)
+        token_labels.load(path, class_names=["O", "B-PER", "I-PER"], validation_split=0)
 
 
 def test_lists_are_checked():

@@ -94,7 +94,8 @@ def test_text_model_gets_int8_embedding_and_dense_but_no_tflite(tmp_path, capsys
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(x))
     model = keras.Model(inputs, outputs, name="text")
     path = kft.export.serving(model, tmp_path, quantize="int8",
-                              validation_data=(sentences, np.array([1, 0, 1, 0])))
+                              validation_data=(sentences, np.array([1, 0, 1, 0])),
+                                  verbose=True)
     report = json.loads((path / "model.json").read_text())["quantization"]
     assert report["int8_saved_model"]["quantized_layers"] == 2
     assert report["int8_tflite"] is None and report["validation_examples"] == 4

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 
 from kft.runs.callbacks import RunCheckpoint, StageCSVLogger
-from kft.runs.report import read_history
+from kft.runs.history import read_history
 from kft.runs.run_directory import RunDirectory
 
 
@@ -27,10 +27,10 @@ def test_checkpoint_saves_last_every_epoch_and_best_on_improvement(tmp_path):
     assert run.last_checkpoint.is_file()
 
 
-def test_accuracy_is_maximised_and_best_survives_a_new_callback(tmp_path):
+def test_best_survives_a_new_callback(tmp_path):
     run = RunDirectory.create("demo", tmp_path)
     state = {"epoch": 0, "best": 0.8}
-    callback = RunCheckpoint(run, state, "finetune")
+    callback = RunCheckpoint(run, state, "finetune", mode="max")
     callback.set_model(_model())
     callback.on_epoch_end(4, {"val_accuracy": 0.7})
     assert not run.best_checkpoint.exists()
@@ -47,3 +47,19 @@ def test_history_appends_across_stages_with_fixed_columns(tmp_path):
     assert [row["loss"] for row in rows] == [1.0, 0.5]
     assert "learning_rate" not in rows[0]
     np.testing.assert_array_equal([row["epoch"] for row in rows], [0.0, 1.0])
+
+
+def test_mae_is_minimised_like_keras_does(tmp_path):
+    # A name-based guess ("loss" in the name, else maximise) would keep the worst.
+    from kft.runs.monitor import monitor_mode
+
+    mode = monitor_mode("val_mae", ["mae"])
+    assert mode == "min"
+    run = RunDirectory.create("demo", tmp_path)
+    state = {"epoch": 0, "best": None}
+    callback = RunCheckpoint(run, state, "head", monitor="val_mae", mode=mode)
+    callback.set_model(_model())
+    callback.on_epoch_end(0, {"val_mae": 0.5})
+    callback.on_epoch_end(1, {"val_mae": 0.9})
+    callback.on_epoch_end(2, {"val_mae": 0.2})
+    assert state["best"] == 0.2 and state["best_epoch"] == 3

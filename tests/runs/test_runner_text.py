@@ -52,7 +52,7 @@ def test_lora_text_run_reports_baseline_and_exports(reviews_csv, tiny_bert_dir, 
     assert metrics["final"]["test_accuracy"] == pytest.approx(evaluation["test"]["accuracy"])
     # The tiny random encoder cannot learn much (MiniLM's test checks real
     # learning); the adapters and head still train it downhill.
-    history = kft.runs.report.read_history(run_dir / "history.csv")
+    history = kft.runs.history.read_history(run_dir / "history.csv")
     assert history[-1]["loss"] < history[0]["loss"]
     assert (run_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kft
 from kft.cli import main
 from kft.data import images
 from kft.errors import KftError

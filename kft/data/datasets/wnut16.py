@@ -57,6 +57,6 @@ def load(validation_size=400, train_size=None, batch_size=16, seed=0):
     validation = [tweets[i] for i in sorted(order[:validation_size])]
     train = [tweets[i] for i in sorted(order[validation_size:][:train_size])]
     return token_labels.load(
-        train, validation=validation, tags=token_labels.tag_names(tweets),
+        train, validation=validation, class_names=token_labels.tag_names(tweets),
         batch_size=batch_size, seed=seed,
     )

@@ -1,23 +1,6 @@
-"""What a run shows its user: stage headers, the summary table, the curves."""
+"""A run's `history.csv`: one row per epoch over all stages, read, trimmed and plotted."""
 
 import csv
-
-import click
-
-
-def stage_header(index, count, stage, trainable, total):
-    """Prints the banner that opens a stage."""
-    title = f"Stage {index + 1}/{count}: {stage.name}"
-    detail = (
-        f"{stage.epochs} epoch(s), trains {stage.train!r}: {trainable:,} of {total:,} "
-        f"parameters, lr {stage.lr:g}"
-    )
-    if stage.schedule:
-        detail += f" ({stage.schedule} schedule)"
-    if stage.layer_decay:
-        detail += f", layer decay {stage.layer_decay:g}"
-    click.secho(f"\n== {title} ==", bold=True)
-    click.echo(detail)
 
 
 def read_history(path):
@@ -35,38 +18,17 @@ def read_history(path):
     return rows
 
 
-def summary_table(stage_rows):
-    """Formats one row per stage: epochs, time, trainable params, last metrics."""
-    columns = ["stage", "epochs", "time", "trainable"]
-    metric_names = []
-    for row in stage_rows:
-        for key in row["metrics"]:
-            if key not in metric_names:
-                metric_names.append(key)
-    header = columns + metric_names
-    lines = []
-    for row in stage_rows:
-        cells = [
-            row["name"],
-            str(row["epochs"]),
-            f"{row['seconds']:.0f}s",
-            f"{row['trainable']:,}",
-        ] + [_fmt(row["metrics"].get(name)) for name in metric_names]
-        lines.append(cells)
-    return table(header, lines)
+def drop_unfinished(run_dir, epochs_done):
+    """Drops history rows of epochs that the last checkpoint does not include.
 
-
-def table(header, rows):
-    """Formats rows of strings under a header as aligned columns."""
-    widths = [max([len(h)] + [len(cells[i]) for cells in rows]) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in rows]
-    return "\n".join(out)
-
-
-def _fmt(value):
-    return "" if value is None else f"{value:.4f}"
+    A run killed after its history row but before its checkpoint would
+    otherwise log that epoch twice once resumed.
+    """
+    if not run_dir.history.is_file():
+        return
+    lines = run_dir.history.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(float(line.split(",")[0])) < epochs_done]
+    run_dir.publish(run_dir.history, lambda tmp: tmp.write_text("".join(kept)))
 
 
 def plot_curves(history_path, boundaries, target):

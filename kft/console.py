@@ -1,0 +1,273 @@
+"""Everything kft prints: run progress, summaries, tables, search and export results.
+
+Library functions return results; those that run long (`kft.runs.runner.run`,
+`kft.tuning.tune`, `kft.export.serving`) take `verbose=` and report progress
+through a `Console`. The CLI prints what commands return through the same
+functions, so one module decides what a user reads.
+"""
+
+import click
+
+
+class Console:
+    """Prints progress lines when `verbose`, nothing otherwise.
+
+    Args:
+        verbose: print (truthy) or stay silent.
+    """
+
+    def __init__(self, verbose=True):
+        self.verbose = bool(verbose)
+
+    def line(self, text=""):
+        if self.verbose:
+            click.echo(text)
+
+    def heading(self, text):
+        """A bold line after an empty one: a new section."""
+        if self.verbose:
+            click.secho(f"\n{text}", bold=True)
+
+    def title(self, text):
+        """A bold line within a section."""
+        if self.verbose:
+            click.secho(text, bold=True)
+
+    def warning(self, text):
+        if self.verbose:
+            click.secho(text, fg="red")
+
+    # ------------------------------------------------------------------ runs
+
+    def run_directory(self, run_dir, resumed_after=None):
+        if resumed_after is None:
+            self.line(f"Run directory: {run_dir.path}")
+        else:
+            self.line(f"Resuming {run_dir.path} after epoch {resumed_after}")
+
+    def strategy(self, strategy):
+        if strategy.num_replicas_in_sync > 1:
+            self.line(f"Strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} "
+                      "replicas (each batch is split between them)")
+
+    def data(self, data):
+        counts = ""
+        if data.num_train is not None:
+            counts = f": {data.num_train} training, {data.num_validation or 0} validation"
+            if data.num_test:
+                counts += f", {data.num_test} test"
+            counts += " examples"
+        self.line(f"Data{counts}, {len(data.class_names)} classes")
+        if data.skipped:
+            shown = ", ".join(str(path) for path in data.skipped[:3])
+            more = f" and {len(data.skipped) - 3} more" if len(data.skipped) > 3 else ""
+            self.line(f"Skipped {len(data.skipped)} unreadable file(s): {shown}{more}")
+
+    def float32_outputs(self, layer_names):
+        if layer_names:
+            self.line(f"Mixed precision: output layer(s) {', '.join(layer_names)} "
+                      "compute in float32")
+
+    def stage_header(self, index, count, stage, trainable, total):
+        """The banner that opens a stage."""
+        detail = (
+            f"{stage.epochs} epoch(s), trains {stage.train!r}: {trainable:,} of {total:,} "
+            f"parameters, lr {stage.lr:g}"
+        )
+        if stage.schedule:
+            detail += f" ({stage.schedule} schedule)"
+        if stage.layer_decay:
+            detail += f", layer decay {stage.layer_decay:g}"
+        self.heading(f"== Stage {index + 1}/{count}: {stage.name} ==")
+        self.line(detail)
+
+    def cached_features(self, seconds):
+        self.line(f"Nothing below the head trains: backbone features computed once "
+                  f"({seconds:.0f}s), the head trains on them")
+
+    def baseline(self, reports, seconds):
+        """The linear probe's results, before the stages run."""
+        self.heading("== Baseline: linear probe on the frozen pretrained model ==")
+        for name, result in reports.items():
+            self.line(f"{name}: accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f}")
+        self.line(f"({seconds:.0f}s)")
+
+    def run_summary(self, result):
+        """The stage table, final metrics, per-class reports and where it all is.
+
+        Args:
+            result: a `kft.runs.runner.RunResult`.
+        """
+        metrics = result.metrics
+        self.heading("Summary")
+        self.line(summary_table(metrics["stages"]))
+        if metrics["final"]:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items())
+            self.line(f"Final: {shown}")
+        baseline = metrics.get("baseline", {})
+        for name, report in result.reports.items():
+            self.heading(f"{name.capitalize()} set")
+            self.line(report.format())
+            if name in baseline:
+                probe = baseline[name]
+                self.line(
+                    f"Linear probe (frozen pretrained model): accuracy {probe['accuracy']:.4f}, "
+                    f"macro F1 {probe['macro_f1']:.4f}; fine-tuned: accuracy "
+                    f"{report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}"
+                )
+        self.line(f"Results in {result.run_dir.path}")
+
+    # ---------------------------------------------------------------- search
+
+    def tune_directory(self, tune_dir, resumed):
+        verb = "Resuming the search in" if resumed else "Tune directory:"
+        self.line(f"{verb} {tune_dir.path}")
+
+    def search_started(self, config, searched, done, trials):
+        self.line(f"{config['tuner'].capitalize()} search of {', '.join(searched)} "
+                  f"for the best {config['objective']} ({config['direction']}), "
+                  f"{done} of {trials} trial(s) done")
+
+    def trial_started(self, trial_id, values):
+        shown = ", ".join(f"{name}={short_value(value)}" for name, value in values.items())
+        self.heading(f"=== Trial {trial_id}: {shown} ===")
+
+    def trial_finished_earlier(self, run_path):
+        self.line(f"The trial finished before the search stopped: {run_path}")
+
+    def trial_ended(self, row, objective):
+        if row.status == "completed":
+            self.line(f"Trial {row.trial}: {objective} {row.score:.4f} ({row.seconds:.0f}s)")
+        else:
+            self.warning(f"Trial {row.trial} failed: {row.message}")
+
+    def search_summary(self, result, names, objective):
+        """The trials table, the best trial and its params.
+
+        Args:
+            result: a `kft.tuning.TuneResult`.
+            names: the searched params, as columns.
+            objective: the objective's name.
+        """
+        self.heading("Trials")
+        self.line(trials_table(result.trials, names, objective, result.best))
+        if result.best is None:
+            self.line("No trial completed: no best parameters.")
+        else:
+            self.line(f"Best: trial {result.best.trial}, {objective} {result.best.score:.4f}")
+        self.line(f"Results in {result.tune_dir.path}")
+        if result.best_params is not None:
+            best = result.tune_dir.best_params
+            self.line(f"Best params: {best} (kft run RECIPE --params {best})")
+
+    def retraining(self, trial):
+        self.heading(f"Retraining the best configuration (trial {trial})")
+
+    def retrained(self, run_result):
+        self.line(f"Best configuration retrained: {run_result.run_dir.path}")
+
+    # ----------------------------------------------------------- other commands
+
+    def recipe_params(self, recipe):
+        """A recipe's hyperparameters, their defaults and the search space."""
+        from kft.runs.recipe import RUN_PARAMS
+
+        self.title(f"Recipe {recipe.name!r} hyperparameters (--set KEY=VALUE):")
+        params = {**recipe.params,
+                  **{k: v for k, v in RUN_PARAMS.items() if k not in recipe.params}}
+        width = max((len(key) for key in params), default=0)
+        search = recipe.search or {}
+        for key, value in params.items():
+            shared = "  run param" if key in RUN_PARAMS and key not in recipe.params else ""
+            searched = f"  kft tune: {search[key]!r}" if key in search else ""
+            self.line(f"  {key.ljust(width)}  {value!r}  ({type(value).__name__})"
+                      f"{shared}{searched}")
+
+    def model_plan(self, plan):
+        """`kft info`'s layer groups and stage plan (a `kft.runs.inspection.Plan`)."""
+        self.heading(f"Model {plan.model_name!r}: {plan.total:,} parameters")
+        self.title("Layer groups (input to output):")
+        for group in plan.groups:
+            self.line(f"  {group.name:<24} {len(group.layers):>4} layers  "
+                      f"{group.num_params:>12,} params")
+        self.title("Stages:")
+        for index, (stage, trainable) in enumerate(plan.stages):
+            self.line(
+                f"  {index + 1}. {stage.name:<12} {stage.epochs} epoch(s), lr {stage.lr:g}, "
+                f"trains {stage.train!r}: {trainable:,} of {plan.total:,} "
+                f"({100.0 * trainable / max(plan.total, 1):.1f}%)"
+            )
+
+    def learning_rate_found(self, result, run_dir):
+        self.line(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
+                  f"{result.valley:.2e} (valley)")
+        self.line(f"Plot: {run_dir.path / 'lr_find.png'}")
+
+    def exported(self, model_file, path):
+        self.line(f"Exported {model_file} to {path}")
+
+    def quantization(self, report):
+        """Sizes and accuracies of the float and int8 exports."""
+        from kft.export import quantize
+
+        self.line(quantize.format_report(report))
+
+
+def error(message):
+    """A user error, on stderr, in red."""
+    click.secho(f"Error: {message}", fg="red", err=True)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def table(header, rows):
+    """Formats rows of strings under a header as aligned columns."""
+    widths = [max([len(h)] + [len(cells[i]) for cells in rows]) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in rows]
+    return "\n".join(out)
+
+
+def summary_table(stage_rows):
+    """One row per stage: epochs, time, trainable params, last metrics."""
+    metric_names = []
+    for row in stage_rows:
+        for key in row["metrics"]:
+            if key not in metric_names:
+                metric_names.append(key)
+    lines = [
+        [row["name"], str(row["epochs"]), f"{row['seconds']:.0f}s", f"{row['trainable']:,}"]
+        + [_metric(row["metrics"].get(name)) for name in metric_names]
+        for row in stage_rows
+    ]
+    return table(["stage", "epochs", "time", "trainable"] + metric_names, lines)
+
+
+def trials_table(rows, names, objective, best):
+    """The trials as `kft tune` prints them; `*` marks the best."""
+    header = ["trial", "status", objective, "time", *names]
+    lines = []
+    for row in rows:
+        mark = "*" if best is not None and row is best else ""
+        lines.append([
+            f"{row.trial}{mark}", row.status,
+            "" if row.score is None else f"{row.score:.4f}",
+            "" if row.seconds is None else f"{row.seconds:.0f}s",
+            *[short_value(row.values.get(name)) for name in names],
+        ])
+    return table(header, lines)
+
+
+def short_value(value):
+    """A value as tables show it: floats to 4 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metric(value):
+    return "" if value is None else f"{value:.4f}"
