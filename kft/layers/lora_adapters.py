@@ -89,6 +89,36 @@ class AdapterSpec:
             return config
         return cls(**config)
 
+    @classmethod
+    def from_arguments(cls, spec=None, **shortcuts):
+        """`spec`, or one built from the keyword shortcuts; not both.
+
+        Args:
+            spec: an `AdapterSpec`, its config dict, or `None`.
+            **shortcuts: `rank=`, `alpha=`, `dropout=`, `dora=`, `rslora=`,
+                `init=` (a value equal to the default counts as not given).
+
+        Raises:
+            KftError: an unknown keyword, or `spec` and a shortcut both given.
+        """
+        defaults = dataclasses.asdict(cls())
+        unknown = sorted(set(shortcuts) - set(defaults))
+        if unknown:
+            raise KftError(
+                f"Unknown LoRA hyperparameter {', '.join(unknown)}; use {', '.join(defaults)}."
+            )
+        if spec is None:
+            return cls(**shortcuts)
+        if not isinstance(spec, (cls, dict)):
+            raise KftError(f"spec must be an AdapterSpec or its config dict, got {spec!r}.")
+        changed = sorted(k for k, v in shortcuts.items() if v != defaults[k])
+        if changed:
+            raise KftError(
+                f"Pass the LoRA hyperparameters either as spec= or as keywords, not both "
+                f"(got spec= and {', '.join(changed)})."
+            )
+        return cls.from_config(spec)
+
 
 class _Adapter:
     """One adapter's spec and variables; `merge_norm` is set while merged (DoRA)."""
@@ -193,23 +223,18 @@ class LoRAAdapters:
     def add_adapter(
         self,
         name,
-        rank=8,
-        alpha=16.0,
-        dropout=0.0,
-        dora=False,
-        rslora=False,
-        init="kaiming_uniform",
+        spec=None,
+        **shortcuts,
     ):
         """Adds a new adapter (not activated) to the built layer.
 
         Args:
             name: the adapter's name (letters, digits, underscores).
-            rank, alpha, dropout, dora, rslora, init: see `AdapterSpec`.
-                `rank` may also be an `AdapterSpec`.
+            spec: its `AdapterSpec` (or config dict).
+            **shortcuts: `rank=`, `alpha=`, ... instead of `spec` (see
+                `AdapterSpec`).
         """
-        spec = rank if isinstance(rank, AdapterSpec) else AdapterSpec(
-            rank, alpha, dropout, dora, rslora, init
-        )
+        spec = AdapterSpec.from_arguments(spec, **shortcuts)
         check_adapter_name(name)
         if name in self.adapter_names:
             raise KftError(f"Layer '{self.name}' already has an adapter {name!r}.")
@@ -586,45 +611,33 @@ class LoRAAdapters:
         return self
 
     @classmethod
-    def from_layer(
-        cls,
-        layer,
-        rank=8,
-        alpha=16.0,
-        dropout=0.0,
-        dora=False,
-        rslora=False,
-        init="kaiming_uniform",
-        adapter_name="default",
-    ):
+    def from_layer(cls, layer, spec=None, adapter_name="default", **shortcuts):
         """A new layer of this class with `layer`'s weights (copied) and config.
 
         Args:
             layer: a built plain base layer (float or quantized).
-            rank, alpha, dropout, dora, rslora, init: the adapter's
-                hyperparameters (see `AdapterSpec`).
+            spec: the adapter's `AdapterSpec` (or config dict).
             adapter_name: the adapter's name.
+            **shortcuts: `rank=`, `alpha=`, ... instead of `spec` (see
+                `AdapterSpec`).
 
         Returns:
             A built layer of this class; `layer` itself is left unchanged.
         """
         cls._check_convertible(layer)
         # Checked here: from_config would bury a KftError in a TypeError.
-        AdapterSpec(rank, alpha, dropout, dora, rslora, init)
+        spec = AdapterSpec.from_arguments(spec, **shortcuts)
         check_adapter_name(adapter_name)
         config = layer.get_config()
         for key in ("lora_rank", "lora_alpha"):
             config.pop(key, None)
-        config.update(
-            rank=rank, alpha=alpha, dropout=dropout, dora=dora, rslora=rslora,
-            init=init, adapter_name=adapter_name,
-        )
+        config.update(spec.get_config(), adapter_name=adapter_name)
         new = cls.from_config(config)
         new.build_from_config(layer.get_build_config())
         sources = {v.name: v for v in layer.weights}
         for target in new.base_variables():
             target.assign(sources[target.name])
-        if dora:
+        if spec.dora:
             # The magnitude was initialized from the placeholder kernel.
             magnitude = new.adapter_variables(adapter_name)["lora_magnitude"]
             magnitude.assign(new._output_norm(new._float_kernel()))

@@ -36,6 +36,7 @@ def apply_lora(
     init="kaiming_uniform",
     train_also=None,
     adapter_name="default",
+    spec=None,
 ):
     """Adds a LoRA adapter to `model`, activates it and freezes everything else.
 
@@ -58,6 +59,8 @@ def apply_lora(
             classification head: `["logits"]`, `"head"`), selected like
             `targets`.
         adapter_name: the adapter's name (several can live on one model).
+        spec: the hyperparameters as one `kft.layers.AdapterSpec` (or its
+            config dict), instead of `rank` ... `init`.
 
     Returns:
         A `ParameterCount` (trainable vs total parameters; `print` it).
@@ -72,10 +75,10 @@ def apply_lora(
     classifier.compile(...)
     ```
     """
-    add_adapter(
-        model, adapter_name, targets=targets, rank=rank, alpha=alpha,
-        dropout=dropout, dora=dora, rslora=rslora, init=init,
+    spec = AdapterSpec.from_arguments(
+        spec, rank=rank, alpha=alpha, dropout=dropout, dora=dora, rslora=rslora, init=init
     )
+    add_adapter(model, adapter_name, targets=targets, spec=spec)
     set_adapter(model, adapter_name)
     return freeze_base(model, train_also)
 
@@ -84,12 +87,8 @@ def add_adapter(
     model,
     adapter_name,
     targets=None,
-    rank=8,
-    alpha=16.0,
-    dropout=0.0,
-    dora=False,
-    rslora=False,
-    init="kaiming_uniform",
+    spec=None,
+    **shortcuts,
 ):
     """Adds a named LoRA adapter to the target layers, without activating it.
 
@@ -100,7 +99,7 @@ def add_adapter(
         The list of `(path, layer)` that received the adapter.
     """
     check_adapter_name(adapter_name)
-    spec = AdapterSpec(rank, alpha, dropout, dora, rslora, init)
+    spec = AdapterSpec.from_arguments(spec, **shortcuts)
     chosen = resolve_targets(model, targets)
     owners = [p for p, layer in chosen if adapter_name in _names(layer)]
     if owners:

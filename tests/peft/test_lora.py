@@ -6,6 +6,7 @@ import pytest
 
 from kft import peft
 from kft.errors import KftError
+from kft.layers import AdapterSpec
 from kft.layers import LoRADense
 from kft.layers import LoRAEinsumDense
 from tests.helpers.peft_models import BERT_LAYERS
@@ -29,6 +30,17 @@ def test_default_targets_on_keras_hub_are_query_and_value():
     assert counts.total == sum(int(np.prod(v.shape)) for v in model.weights)
     assert "trainable params: 1,090" in str(counts)
     np.testing.assert_allclose(model.predict(features, verbose=0), before, atol=1e-6)
+
+
+def test_one_adapter_spec_travels_instead_of_the_keywords():
+    spec = AdapterSpec(rank=4, alpha=8, rslora=True)
+    model = tiny_bert()
+    peft.apply_lora(model, spec=spec, train_also=["logits"])
+    assert {layer.adapter_spec("default") for _, layer in peft.lora_layers(model)} == {spec}
+    peft.add_adapter(model, "second", spec=spec.get_config())
+    assert {layer.adapter_spec("second") for _, layer in peft.lora_layers(model)} == {spec}
+    with pytest.raises(KftError, match="either as spec= or as keywords.*rank"):
+        peft.add_adapter(tiny_bert(), "x", spec=spec, rank=2)
 
 
 def test_fit_changes_only_adapters_and_train_also():
