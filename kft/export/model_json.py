@@ -8,10 +8,11 @@ TF Serving ignores the file.
 """
 
 import datetime
-import json
 
 import keras
 import tensorflow as tf
+
+from kft.internal import json_text
 
 FILE_NAME = "model.json"
 
@@ -54,4 +55,4 @@ def model_card(model, name, labels, model_input, signatures, metadata=None,
 
 def write_model_json(folder, card):
     """Writes `card` as `folder/model.json`."""
-    (folder / FILE_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    (folder / FILE_NAME).write_text(json_text.dumps(card))

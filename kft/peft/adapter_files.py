@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 import kft
 from kft.errors import KftError
+from kft.internal import json_text
 from kft.layers.lora_adapters import AdapterSpec
 from kft.layers.lora_adapters import LoRAAdapters
 from kft.layers.lora_adapters import check_adapter_name
@@ -357,7 +358,7 @@ def _publish(folder, config, tensors, overwrite):
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_file(tensors, str(staging / WEIGHTS_FILE))
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / CONFIG_FILE).write_text(json_text.dumps(config))
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.rename(folder, retired)

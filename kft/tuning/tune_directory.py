@@ -14,10 +14,10 @@ runs/<recipe>-tune-<YYYYmmdd-HHMMSS>/
 `kft tune RECIPE --resume DIR` continues the search where it stopped.
 """
 
-import json
 import pathlib
 
 from kft.errors import KftError
+from kft.internal import json_text
 from kft.runs.run_directory import RunDirectory, new_directory
 
 
@@ -73,4 +73,4 @@ class TuneDirectory:
 
     def write_json(self, target, value):
         RunDirectory.publish(target, lambda tmp: tmp.write_text(
-            json.dumps(value, indent=2) + "\n"))
+            json_text.dumps(value)))
