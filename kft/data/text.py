@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -354,6 +355,8 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
                balance, multi_label):
     if balance not in _BALANCE:
         raise KftError(f"balance must be None, 'class_weight' or 'oversample', got {balance!r}.")
+    if balance == "class_weight" and multi_label:
+        raise KftError("balance='class_weight' needs one label per text; use 'oversample'.")
     if int(batch_size) < 1:
         raise KftError(f"batch_size must be at least 1, got {batch_size}.")
     for name, fraction in (("validation_split", validation_split), ("test_split", test_split)):
@@ -363,6 +366,13 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
         class_names = _class_names(rows.labels, multi_label)
     class_names = [str(name) for name in class_names]
     targets = _targets(rows, class_names, multi_label)
+    present = np.flatnonzero(targets.any(axis=0)) if multi_label else np.unique(targets)
+    if len(present) < 2:
+        raise KftError(
+            f"{_source(rows)}: its {len(rows)} row(s) hold only "
+            f"{', '.join(repr(class_names[i]) for i in present) or 'no class'}; "
+            "a classifier needs at least two classes."
+        )
     texts = np.array(rows.texts, dtype=object)
 
     strata = _strata(targets, multi_label)
@@ -376,14 +386,17 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
         elif fraction > 0:
             share = fraction * len(texts) / len(remaining)
             taken = stratified_holdout(strata[remaining], share, rng)
+            if not len(taken):
+                raise KftError(
+                    f"{name}_split={fraction} of {len(texts)} rows holds out no row (every "
+                    f"class keeps one for training); add rows, raise it, or set it to 0."
+                )
             parts[name] = (texts[remaining[taken]], targets[remaining[taken]])
             remaining = np.delete(remaining, taken)
     train_texts, train_targets = texts[remaining], targets[remaining]
 
     class_weight = None
     if balance == "class_weight":
-        if multi_label:
-            raise KftError("balance='class_weight' needs one label per text; use 'oversample'.")
         class_weight = class_weights(train_targets, len(class_names))
     elif balance == "oversample":
         order = _oversampled(_strata(train_targets, multi_label), rng)
@@ -414,6 +427,12 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
         multi_label=bool(multi_label),
         class_weight=class_weight,
     )
+
+
+def _source(rows):
+    """Where `rows` came from: the file of their first row, or the lists."""
+    source = re.sub(r", (line|item) \d+$", "", rows.where[0]) if rows.where else "the data"
+    return source[:1].upper() + source[1:]
 
 
 def _class_names(labels, multi_label):

@@ -107,7 +107,7 @@ def _training_data(run, params, recipe):
         recipe = copy
     if not isinstance(recipe, recipes.Recipe):
         recipe = recipes.load(recipe)
-    data = recipe.data(recipe.resolve(params))
+    data = recipe.build_data(recipe.resolve(params))
     if getattr(data, "train", None) is None:
         raise KftError(f"Recipe {recipe.name!r} builds no training data to calibrate with.")
     return data

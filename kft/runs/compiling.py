@@ -13,6 +13,7 @@ _OPTIMIZERS = {
     "sgd": lambda lr, wd: keras.optimizers.SGD(lr, momentum=0.9),
     "lion": lambda lr, wd: keras.optimizers.Lion(lr),
 }
+OPTIMIZER_NAMES = tuple(_OPTIMIZERS)
 
 
 def compile_stage(model, recipe, stage, steps_per_epoch, accumulate=1):

@@ -3,7 +3,6 @@
 import dataclasses
 
 from kft import freezing
-from kft.data import as_data
 from kft.runs.stages import apply_stage_trainable
 
 
@@ -34,8 +33,8 @@ def describe(recipe, params):
     Returns:
         A `Plan` (`kft.console.Console.model_plan` prints it).
     """
-    data = as_data(recipe.data(params))
-    model = recipe.model(params, data)
+    data = recipe.build_data(params)
+    model = recipe.build_model(params, data)
     stages = recipe.build_stages(params)
     return Plan(
         model_name=model.name,

@@ -2,7 +2,6 @@
 
 import keras
 
-from kft.data import as_data
 from kft.errors import KftError
 from kft.runs.compiling import compile_stage
 from kft.runs.run_directory import RunDirectory
@@ -32,8 +31,8 @@ def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=N
         raise KftError(f"--stage must be 1..{len(stages)} for recipe {recipe.name!r}.")
     stage = stages[stage_number - 1]
     keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
-    dataset = as_data(recipe.data(params))
-    model = recipe.model(params, dataset)
+    dataset = recipe.build_data(params)
+    model = recipe.build_model(params, dataset)
     apply_stage_trainable(model, stage)
     compile_stage(model, recipe, stage, steps_per_epoch=steps_per_epoch(dataset))
     run_dir = RunDirectory.create(f"{recipe.name}-lr-find", output)

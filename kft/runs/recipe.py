@@ -1,8 +1,10 @@
 """Recipes: named hyperparameters, how to build data and model, and the stages."""
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
+import numbers
 import os
 import pathlib
 import sys
@@ -10,6 +12,7 @@ import types
 from typing import Any, Callable, Optional, Sequence
 
 from kft.errors import KftError
+from kft.internal.checks import is_number
 
 # Params every recipe takes without declaring them; a recipe that declares
 # one changes its default. Runs save them in params.json, so --resume keeps them.
@@ -69,6 +72,15 @@ class Stage:
     train_bn: bool = False
     cache_features: Optional[bool] = None
     callbacks: Sequence[Any] = ()
+
+    def __post_init__(self):
+        # Checked here, when the recipe's stages() builds the plan: before
+        # any data is read or model built, and so before a run directory.
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise KftError(f"A Stage needs a non-empty name, got {self.name!r}.")
+        problem = _stage_problem(self)
+        if problem:
+            raise KftError(f"Stage {self.name!r}: {problem}")
 
 
 @dataclasses.dataclass
@@ -178,9 +190,23 @@ class Recipe:
             params["data"] = data
         return types.SimpleNamespace(**params)
 
+    def build_data(self, params):
+        """The recipe's data for `params`, as a `kft.data.Data`."""
+        from kft.data import as_data
+
+        return as_data(self._call("data", params))
+
+    def build_model(self, params, data):
+        """The recipe's (uncompiled) model for `params` and `data`."""
+        return self._call("model", params, data)
+
+    def build_callbacks(self, params):
+        """The recipe's callbacks for every stage (a list, maybe empty)."""
+        return list(self._call("callbacks", params)) if self.callbacks else []
+
     def baseline_for(self, params):
         """The baseline to report for `params`: `"linear_probe"` or `None`."""
-        name = self.baseline(params) if callable(self.baseline) else self.baseline
+        name = self._call("baseline", params) if callable(self.baseline) else self.baseline
         if name not in (None, False, "none", "linear_probe"):
             raise KftError(
                 f"Recipe {self.name!r}: baseline must be 'linear_probe' or None, got {name!r}."
@@ -188,13 +214,88 @@ class Recipe:
         return "linear_probe" if name == "linear_probe" else None
 
     def build_stages(self, params):
-        stages = list(self.stages(params))
+        """The recipe's stages for `params`, each a checked `Stage`."""
+        stages = list(self._call("stages", params))
         if not stages:
             raise KftError(f"Recipe {self.name!r} defines no stages.")
         for stage in stages:
             if not isinstance(stage, Stage):
                 raise KftError(f"Recipe {self.name!r}: stages must be kft.Stage, got {stage!r}.")
         return stages
+
+    def _call(self, part, *args):
+        """Calls the recipe's `part` function; an error it raises that is not
+        a `KftError` becomes one naming the recipe file, function and line."""
+        function = getattr(self, part)
+        try:
+            return function(*args)
+        except KftError:
+            raise
+        except Exception as error:
+            raise KftError(_recipe_failure(self, part, function, error)) from error
+
+
+def _recipe_failure(recipe, part, function, error):
+    """`FILE, line N, in FUNCTION: the recipe's data() raised TYPE: MESSAGE`."""
+    code = getattr(function, "__code__", None)
+    source = recipe.source or (code.co_filename if code else None)
+    place = None
+    tb = error.__traceback__
+    while tb is not None:
+        if source and os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(source):
+            place = tb  # the deepest frame in the recipe's own file
+        tb = tb.tb_next
+    where = (f"{source}, line {place.tb_lineno}, in {place.tb_frame.f_code.co_name}"
+             if place else f"Recipe {recipe.name!r}")
+    lines = str(error).strip().splitlines()
+    message = lines[0] + (" [...]" if len(lines) > 1 else "") if lines else ""
+    return (f"{where}: the recipe's {part}() raised {type(error).__name__}"
+            f"{': ' + message if message else ''} (KFT_DEBUG=1 shows the traceback).")
+
+
+def _stage_problem(stage):
+    """What is wrong with `stage`'s settings, or `None`."""
+    from kft import schedules
+    from kft.runs.compiling import OPTIMIZER_NAMES
+
+    if isinstance(stage.epochs, bool) or not isinstance(stage.epochs, numbers.Integral) \
+            or stage.epochs < 0:
+        return f"epochs must be a whole number >= 0, got {stage.epochs!r}."
+    if not (is_number(stage.lr) and stage.lr > 0):
+        return f"lr must be a number > 0, got {stage.lr!r}."
+    if not callable(stage.optimizer) and str(stage.optimizer).lower() not in OPTIMIZER_NAMES:
+        return (f"unknown optimizer {stage.optimizer!r}; use one of "
+                f"{', '.join(OPTIMIZER_NAMES)} or a callable lr -> optimizer.")
+    schedule = str(stage.schedule or "none").lower().replace("-", "_")
+    if schedule != "none" and schedule not in schedules.NAMES:
+        return (f"unknown schedule {stage.schedule!r}; use None or one of "
+                f"{', '.join(schedules.NAMES)}.")
+    try:
+        # The format only; its length against the stage's steps is checked
+        # once the data's size is known.
+        schedules.warmup_steps(stage.warmup, total_steps=sys.maxsize, steps_per_epoch=1)
+    except KftError as error:
+        return str(error)
+    if stage.layer_decay is not None and not (
+            is_number(stage.layer_decay) and 0 < stage.layer_decay <= 1):
+        return f"layer_decay must be None or in (0, 1] (e.g. 0.9), got {stage.layer_decay!r}."
+    if not (is_number(stage.weight_decay) and stage.weight_decay >= 0):
+        return f"weight_decay must be a number >= 0, got {stage.weight_decay!r}."
+    if not isinstance(stage.train_bn, bool):
+        return f"train_bn must be True or False, got {stage.train_bn!r}."
+    if stage.cache_features not in (None, True, False):
+        return f"cache_features must be None, True or False, got {stage.cache_features!r}."
+    if isinstance(stage.callbacks, (str, bytes)) or not all(
+            callable(getattr(callback, "set_model", None)) for callback in stage.callbacks):
+        return f"callbacks must be a list of Keras callbacks, got {stage.callbacks!r}."
+    return None
+
+
+def recipe_digest(recipe):
+    """The SHA-256 of the file `recipe` was loaded from, or `None` (no file)."""
+    if not recipe.source or not os.path.isfile(recipe.source):
+        return None
+    return hashlib.sha256(pathlib.Path(recipe.source).read_bytes()).hexdigest()
 
 
 def _split_assignment(item):

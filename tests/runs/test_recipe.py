@@ -112,3 +112,77 @@ def test_shipped_recipes_load_and_resolve_their_defaults(path):
     params = loaded.resolve()
     assert vars(params).keys() >= set(loaded.params)
     assert loaded.build_stages(params)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"epochs": -1}, r"Stage 'head': epochs must be a whole number >= 0, got -1"),
+        ({"epochs": 1.5}, r"epochs must be a whole number >= 0, got 1.5"),
+        ({"epochs": True}, r"epochs must be a whole number >= 0, got True"),
+        ({"lr": 0.0}, r"lr must be a number > 0, got 0.0"),
+        ({"lr": float("nan")}, r"lr must be a number > 0, got nan"),
+        ({"lr": "fast"}, r"lr must be a number > 0, got 'fast'"),
+        ({"optimizer": "adagrad"}, r"unknown optimizer 'adagrad'; use one of adam, adamw, sgd"),
+        ({"schedule": "step"}, r"unknown schedule 'step'; use None or one of constant"),
+        ({"warmup": -0.1}, r"warmup must be a number of steps or a fraction of 0 or more"),
+        ({"warmup": 2.5}, r"warmup=2.5 is neither a whole number of steps nor a fraction"),
+        ({"warmup": "soon"}, r"warmup='soon' is not a number of steps"),
+        ({"layer_decay": 0.0}, r"layer_decay must be None or in \(0, 1\]"),
+        ({"layer_decay": 1.5}, r"layer_decay must be None or in \(0, 1\]"),
+        ({"weight_decay": -1e-4}, r"weight_decay must be a number >= 0"),
+        ({"train_bn": "yes"}, r"train_bn must be True or False"),
+        ({"cache_features": "auto"}, r"cache_features must be None, True or False"),
+        ({"callbacks": ["not a callback"]}, r"callbacks must be a list of Keras callbacks"),
+    ],
+)
+def test_bad_stage_settings_fail_when_the_stage_is_made(options, message):
+    with pytest.raises(KftError, match=message):
+        Stage(**{"name": "head", "epochs": 1, **options})
+
+
+@pytest.mark.parametrize("options", [
+    {"epochs": 0}, {"warmup": 0.06}, {"warmup": 50}, {"warmup": "0.5 epochs"},
+    {"optimizer": "AdamW", "weight_decay": 0.01, "layer_decay": 1.0, "schedule": "one-cycle"},
+    {"optimizer": lambda lr: None},
+])
+def test_good_stage_settings_are_accepted(options):
+    Stage(**{"name": "head", "epochs": 1, **options})
+
+
+def test_a_stage_needs_a_name():
+    with pytest.raises(KftError, match="A Stage needs a non-empty name, got ''"):
+        Stage("", epochs=1)
+
+
+def test_an_error_in_a_recipe_function_names_its_file_function_and_line(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(textwrap.dedent("""\
+        import kft
+
+        def load_rows(p):
+            return {"rows": 1}["labels"]
+
+        recipe = kft.Recipe(name="broken", params={}, data=load_rows, model=None,
+                            stages=lambda p: [kft.Stage("s", epochs=1)])
+        """))
+    recipe = load(path)
+    with pytest.raises(KftError) as raised:
+        recipe.build_data(recipe.resolve())
+    assert str(raised.value) == (
+        f"{path}, line 4, in load_rows: the recipe's data() raised KeyError: 'labels' "
+        "(KFT_DEBUG=1 shows the traceback).")
+    assert isinstance(raised.value.__cause__, KeyError)
+
+
+def test_recipe_digest_follows_the_file(tmp_path):
+    from kft.runs.recipe import recipe_digest
+
+    path = tmp_path / "r.py"
+    path.write_text("import kft\nrecipe = kft.Recipe(name='x', params={}, data=None, "
+                    "model=None, stages=lambda p: [])\n")
+    first = recipe_digest(load(path))
+    assert len(first) == 64 and recipe_digest(load(path)) == first
+    path.write_text(path.read_text() + "# changed\n")
+    assert recipe_digest(load(path)) != first
+    assert recipe_digest(_recipe()) is None
