@@ -22,6 +22,7 @@ from kft import select
 from kft import training
 from kft import tuning
 from kft.errors import KftError
+from kft.errors import TrainingDiverged
 from kft.freezing import GradualUnfreezing
 from kft.freezing import LayerGroup
 from kft.freezing import freeze

@@ -4,8 +4,11 @@ Commands parse their options, call the library and print what it returns
 through `kft.console`.
 """
 
+import contextlib
 import os
+import signal
 import sys
+import traceback
 
 import click
 
@@ -58,21 +61,30 @@ def main():
               help="A JSON file of hyperparameters (kft tune's best_params.json); --set wins.")
 @click.option("--output", type=click.Path(file_okay=False), help="Parent folder for the run directory (default runs/).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
+@click.option("--force", is_flag=True,
+              help="With --resume: continue although the recipe file changed since the run began.")
 @strategy_option
-def run(recipe_file, data, overrides, params_file, output, resume, strategy):
-    """Fine-tune with RECIPE_FILE; results go to a new run directory."""
+def run(recipe_file, data, overrides, params_file, output, resume, force, strategy):
+    """Fine-tune with RECIPE_FILE; results go to a new run directory.
+
+    Ctrl-C or SIGTERM stops at once; the run directory keeps the last finished
+    epoch, and --resume continues from it.
+    """
     from kft.runs import runner
 
     recipe = _load(recipe_file)
     if resume and (overrides or data or params_file):
         raise KftError(
             "--resume continues with the run's saved hyperparameters; drop --set/--data/--params.")
+    if force and not resume:
+        raise KftError("--force only applies to --resume.")
     if params_file:
         from kft.runs.recipe import read_params
 
         overrides = [*read_params(params_file, recipe).items(), *overrides]
-    runner.run(recipe, overrides=with_strategy(overrides, strategy), data=data, output=output,
-               resume=resume)
+    with _sigterm_as_interrupt():
+        runner.run(recipe, overrides=with_strategy(overrides, strategy), data=data,
+                   output=output, resume=resume, force=force)
 
 
 @main.command(cls=_RecipeCommand)
@@ -171,14 +183,38 @@ def _load(recipe_file):
     return recipe.load(recipe_file)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (schedulers, `docker stop`), handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def interrupt(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def entry_point():
-    """Console-script entry: user errors become one line and exit status 2."""
+    """Console-script entry: user errors become one line and exit status 2.
+
+    `KFT_DEBUG=1` prints the traceback behind such a line too.
+    """
     try:
         main.main(standalone_mode=False)
     except KftError as error:
+        if os.environ.get("KFT_DEBUG", "") not in ("", "0"):
+            traceback.print_exception(error)
         console.error(error)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as abort:
+        if isinstance(abort.__cause__, Terminated):
+            click.echo("Terminated (SIGTERM).", err=True)
+            sys.exit(128 + signal.SIGTERM)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as error:

@@ -45,6 +45,15 @@ class Console:
         else:
             self.line(f"Resuming {run_dir.path} after epoch {resumed_after}")
 
+    def already_finished(self, run_dir):
+        self.line(f"{run_dir.path} is finished: nothing to resume. Its model is "
+                  f"{run_dir.final_model}.")
+
+    def interrupted(self, note):
+        """A run stopped by Ctrl-C or SIGTERM: what was kept (on stderr)."""
+        if self.verbose:
+            click.echo(f"Stopped. {note}", err=True)
+
     def strategy(self, strategy):
         if strategy.num_replicas_in_sync > 1:
             self.line(f"Strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} "

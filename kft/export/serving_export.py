@@ -4,6 +4,7 @@ import os
 import tempfile
 
 import keras
+import tensorflow as tf
 
 from kft.console import Console
 from kft.errors import KftError
@@ -104,10 +105,23 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
         )
         model_json.write_model_json(path, card)
 
-    published = versions.publish_version(folder, version, write)
+    try:
+        published = versions.publish_version(folder, version, write)
+    except (OSError, tf.errors.OpError) as error:
+        raise KftError(
+            f"Could not write the export to {folder}: {_reason(error)}; nothing was "
+            f"published (the next export takes version {versions.next_version(folder)})."
+        ) from error
     for report in reports:
         Console(verbose).quantization(report)
     return published
+
+
+def _reason(error):
+    """The OS's words for a failed write (TensorFlow puts them after the path)."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error.message).rsplit("; ", 1)[-1]
 
 
 def _labels(labels, model):

@@ -1,10 +1,14 @@
-"""Callbacks that record a run: checkpoints with progress state, history."""
+"""Callbacks that record a run: checkpoints with progress state, history,
+and the stop at the first non-finite loss."""
 
 import csv
 import math
 import os
 
 import keras
+
+from kft.errors import TrainingDiverged
+from kft.internal.signals import deferred_interrupts
 
 # Keras' base of ModelCheckpoint and EarlyStopping (not exported by `keras.callbacks`).
 from keras.src.callbacks.monitor_callback import MonitorCallback
@@ -35,7 +39,11 @@ class RunCheckpoint(MonitorCallback):
         self.model_to_save = None
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        # Checkpoint and state change together: an interrupt waits for both.
+        with deferred_interrupts():
+            self._record(epoch, logs or {})
+
+    def _record(self, epoch, logs):
         model = self.model_to_save or self.model
         self.run_dir.save_model(model, self.run_dir.last_checkpoint)
         score = logs.get(self.monitor)
@@ -50,6 +58,31 @@ class RunCheckpoint(MonitorCallback):
         self.state["epoch"] = epoch + 1
         self.state["stage"] = self.stage_name
         self.run_dir.write_json("state.json", self.state)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` at the first batch whose loss is NaN or infinite.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, which lets the epoch end (and
+    so a checkpoint of NaN weights be written), training stops inside the
+    batch: the checkpoints keep the last finite epoch.
+
+    Args:
+        stage_name: the stage being trained, for the message.
+    """
+
+    def __init__(self, stage_name):
+        super().__init__()
+        self.stage_name = stage_name
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(self.stage_name, self._epoch + 1, batch + 1, float(loss))
 
 
 class StageCSVLogger(keras.callbacks.Callback):

@@ -1,6 +1,7 @@
 """A run's `history.csv`: one row per epoch over all stages, read, trimmed and plotted."""
 
 import csv
+import os
 
 
 def read_history(path):
@@ -44,6 +45,8 @@ def plot_curves(history_path, boundaries, target):
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
+    if not os.path.isfile(history_path):
+        return
     rows = read_history(history_path)
     if not rows:
         return

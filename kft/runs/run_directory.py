@@ -5,7 +5,8 @@ Layout:
 runs/<recipe>-<YYYYmmdd-HHMMSS>/
   params.json        resolved hyperparameters
   labels.json        class names, in output order
-  state.json         progress: stages and epochs done, best score (for --resume)
+  state.json         progress: stages and epochs done, best score, status
+                     (running, interrupted, failed, finished), recipe SHA-256
   history.csv        one row per epoch, all stages, with a `stage` column
   tensorboard/       TensorBoard logs
   checkpoints/       last.keras (every epoch) and best.keras (best validation)
@@ -19,8 +20,10 @@ import datetime
 import json
 import os
 import pathlib
+import shutil
 
 from kft.errors import KftError
+from kft.internal import json_text
 
 
 def new_directory(name, output=None):
@@ -59,13 +62,29 @@ class RunDirectory:
 
     @classmethod
     def existing(cls, path):
+        """An earlier run directory, cleared of temporary files a killed run left."""
         run = cls(path)
         if not (run.path / "state.json").is_file():
             raise KftError(
                 f"{path} is not a kft run directory with progress to resume "
                 "(no state.json): pass the folder `kft run` printed."
             )
+        for folder in (run.path, run.checkpoints):
+            for leftover in folder.glob(".*.tmp*"):
+                # Never loaded (the rename never happened): an unfinished write.
+                leftover.unlink(missing_ok=True)
         return run
+
+    @property
+    def finished(self):
+        """Whether the run completed: its final model and metrics are written."""
+        if not (self.path / "state.json").is_file():
+            return False
+        status = self.read_json("state.json").get("status")
+        if status is not None:
+            return status == "finished"
+        # Written by a kft without a status: the final files tell.
+        return self.final_model.is_file() and (self.path / "metrics.json").is_file()
 
     @property
     def checkpoints(self):
@@ -89,7 +108,7 @@ class RunDirectory:
 
     def write_json(self, name, value):
         self.publish(self.path / name, lambda tmp: tmp.write_text(
-            json.dumps(value, indent=2, default=repr) + "\n"))
+            json_text.dumps(value)))
 
     def read_json(self, name):
         return json.loads((self.path / name).read_text())
@@ -97,10 +116,47 @@ class RunDirectory:
     def save_model(self, model, target):
         self.publish(target, lambda tmp: model.save(tmp))
 
+    def holds_checkpoint(self):
+        """Whether any epoch's weights were saved here."""
+        return any(self.checkpoints.glob("*.keras")) or self.final_model.is_file()
+
+    def discard(self):
+        """Removes a run directory that holds no checkpoint (a run that failed
+        before its first epoch ended); one with weights is never removed.
+
+        Returns:
+            Whether the directory was removed.
+        """
+        if self.holds_checkpoint():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
+
     @staticmethod
     def publish(target, write):
-        """Writes through `write(tmp_path)` and renames into place atomically."""
+        """Writes through `write(tmp_path)` and renames into place atomically.
+
+        The file is flushed to disk before the rename, so the target is
+        always either the previous file or the complete new one, even after
+        a kill -9 or a power cut. A failed write (a full disk) removes the
+        temporary file and raises one `KftError` naming the target.
+        """
         target = pathlib.Path(target)
         tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-        write(tmp)
-        os.replace(tmp, target)
+        try:
+            write(tmp)
+            _flush_to_disk(tmp)
+            os.replace(tmp, target)
+        except BaseException as error:
+            tmp.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise KftError(
+                    f"Could not write {target}: {error.strerror or error}; "
+                    f"the previous {target.name} (if any) is intact."
+                ) from error
+            raise
+
+
+def _flush_to_disk(path):
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

@@ -17,14 +17,16 @@ import keras
 from kft import console
 from kft import freezing
 from kft import saving
-from kft.data import as_data
 from kft.errors import KftError
+from kft.errors import TrainingDiverged
 from kft.runs import callbacks as run_callbacks
 from kft.runs import history
 from kft.runs import results
 from kft.runs import stages as stage_plan
 from kft.runs.compiling import compile_stage
+from kft.runs.compiling import stage_learning_rate
 from kft.runs.monitor import monitor_mode
+from kft.runs.recipe import recipe_digest
 from kft.runs.run_directory import RunDirectory
 from kft.training import accumulation
 from kft.training import distribute
@@ -50,7 +52,8 @@ class RunResult:
     reports: dict = dataclasses.field(default_factory=dict)
 
 
-def run(recipe, overrides=None, data=None, output=None, resume=None, verbose=True):
+def run(recipe, overrides=None, data=None, output=None, resume=None, force=False,
+        verbose=True):
     """Runs every stage of `recipe` and writes the results to a run directory.
 
     The run params (`kft.runs.recipe.RUN_PARAMS`) pick the `tf.distribute`
@@ -59,19 +62,36 @@ def run(recipe, overrides=None, data=None, output=None, resume=None, verbose=Tru
     cluster only the chief writes the run directory; the other workers
     write theirs to a temporary folder that is removed at the end.
 
+    The run directory is made once the stages, data and model are built, so
+    a bad param or bad data leaves none behind; a run that fails before its
+    first epoch ends removes it, one with a checkpoint keeps it and records
+    the failure in `state.json` (`"status": "failed"`). Training stops at
+    the first NaN or infinite loss (`kft.errors.TrainingDiverged`).
+
     Args:
         recipe: a `kft.Recipe`.
         overrides: `--set` style `key=value` strings or a dict.
         data: the `--data` value.
         output: parent folder for the run directory (default `runs/`).
         resume: an earlier run directory to continue from its last completed
-            epoch; its saved hyperparameters are used.
+            epoch; its saved hyperparameters are used. A finished run is
+            returned as it is, without training.
+        force: resume even though the recipe file changed since the run
+            started (its SHA-256 is in `state.json`).
         verbose: print progress and the summary (`kft.console`); Keras'
             progress bars follow it too.
 
     Returns:
         A `RunResult`.
     """
+    out = console.Console(verbose)
+    if resume is not None:
+        previous = RunDirectory.existing(resume)
+        if previous.finished:
+            out.already_finished(previous)
+            return RunResult(run_dir=previous, model=saving.load_model(previous.final_model),
+                             metrics=previous.read_json("metrics.json"))
+        _check_recipe_unchanged(previous, recipe, force)
     params = recipe.resolve(_saved_params(resume) if resume is not None else overrides,
                             data=None if resume is not None else data)
     # First TensorFlow work of the run: multi-worker collectives must be
@@ -81,7 +101,6 @@ def run(recipe, overrides=None, data=None, output=None, resume=None, verbose=Tru
     accumulation.check_accumulate(params.accumulate)
     chief = distribute.is_chief(strategy)
     worker_dir = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="kft-worker-"))
-    out = console.Console(verbose)
     try:
         with strategy.scope(), precision.precision_policy(params.precision):
             result = _run(recipe, params, strategy, output if chief else worker_dir,
@@ -98,6 +117,18 @@ def _saved_params(path):
     return RunDirectory.existing(path).read_json("params.json")
 
 
+def _check_recipe_unchanged(run_dir, recipe, force):
+    saved = run_dir.read_json("state.json").get("recipe_sha256")
+    current = recipe_digest(recipe)
+    if force or saved is None or current is None or saved == current:
+        return
+    raise KftError(
+        f"{recipe.source} changed since {run_dir.path} started (its SHA-256 differs from "
+        "the one in state.json), so resuming would continue with another recipe: start a "
+        "new run, or pass --force to resume anyway."
+    )
+
+
 def _worker_copy(resume, worker_dir):
     """Where a worker resumes from: a private copy of the chief's run directory."""
     if resume is None or worker_dir is None:
@@ -107,31 +138,60 @@ def _worker_copy(resume, worker_dir):
 
 def _run(recipe, params, strategy, output, resume, out):
     out.strategy(strategy)
+    # Everything a bad param or bad data can break comes before the run directory.
+    stages = recipe.build_stages(params)
+    if not any(stage.epochs for stage in stages):
+        raise KftError(f"Recipe {recipe.name!r}: every stage has 0 epochs; nothing would train.")
+    keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
+    data = recipe.build_data(params)
+    out.data(data)
+    _check_schedules(stages, data, params)
     if resume is not None:
         run_dir = RunDirectory.existing(resume)
         state = run_dir.read_json("state.json")
+        resumed = state["epoch"] > 0 and run_dir.last_checkpoint.is_file()
+        # Compiled, so the optimizer's moments and step count carry on.
+        # kft.saving.load_model also restores PEFT layers inside keras-hub blocks.
+        model = (saving.load_model(run_dir.last_checkpoint) if resumed
+                 else recipe.build_model(params, data))
         out.run_directory(run_dir, resumed_after=state["epoch"])
         history.drop_unfinished(run_dir, state["epoch"])
     else:
-        run_dir = RunDirectory.create(recipe.name, output)
-        state = {"epoch": 0, "best": None, "stages": []}
-        run_dir.write_json("params.json", vars(params))
-        if recipe.source:
-            # `kft export` rebuilds the run's data from it (int8 calibration).
-            shutil.copyfile(recipe.source, run_dir.path / "recipe.py")
+        resumed = False
+        model = recipe.build_model(params, data)
+        run_dir, state = _new_run_directory(recipe, params, output)
         out.run_directory(run_dir)
+    try:
+        return _train(recipe, params, data, stages, model, run_dir, state, resumed, out)
+    except BaseException as error:
+        _record_failure(run_dir, state, error, discard=resume is None, out=out)
+        raise
 
-    keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
-    data = as_data(recipe.data(params))
-    out.data(data)
-    stages = recipe.build_stages(params)
-    resumed = state["epoch"] > 0 and run_dir.last_checkpoint.is_file()
-    if resumed:
-        # Compiled, so the optimizer's moments and step count carry on.
-        # kft.saving.load_model also restores PEFT layers inside keras-hub blocks.
-        model = saving.load_model(run_dir.last_checkpoint)
-    else:
-        model = recipe.model(params, data)
+
+def _new_run_directory(recipe, params, output):
+    run_dir = RunDirectory.create(recipe.name, output)
+    state = {"epoch": 0, "best": None, "stages": [], "status": "running",
+             "recipe_sha256": recipe_digest(recipe)}
+    run_dir.write_json("params.json", vars(params))
+    if recipe.source:
+        # `kft export` rebuilds the run's data from it (int8 calibration).
+        shutil.copyfile(recipe.source, run_dir.path / "recipe.py")
+    run_dir.write_json("state.json", state)
+    return run_dir, state
+
+
+def _check_schedules(stages, data, params):
+    """Builds each stage's learning-rate schedule once: a warmup longer than its
+    stage fails now, not after the stages before it have trained."""
+    steps = stage_plan.steps_per_epoch(data)
+    for stage in stages:
+        try:
+            stage_learning_rate(stage, steps, params.accumulate)
+        except KftError as error:
+            raise KftError(f"Stage {stage.name!r}: {error}") from None
+
+
+def _train(recipe, params, data, stages, model, run_dir, state, resumed, out):
     if params.precision != "float32":
         out.float32_outputs(precision.float32_outputs(model))
     run_dir.write_json("labels.json", list(data.class_names))
@@ -141,8 +201,9 @@ def _run(recipe, params, strategy, output, resume, out):
 
     starts = stage_plan.stage_starts(stages)
     stage_rows = list(state["stages"])
+    state["status"] = "running"
     for index, stage in enumerate(stages):
-        if state["epoch"] >= starts[index] + stage.epochs:
+        if stage.epochs == 0 or state["epoch"] >= starts[index] + stage.epochs:
             continue
         began = time.time()
         trainable = stage_plan.apply_stage_trainable(model, stage)
@@ -170,7 +231,41 @@ def _run(recipe, params, strategy, output, resume, out):
     run_dir.save_model(model, run_dir.final_model)
     metrics, reports = results.final_results(recipe, model, data, stages, stage_rows, state,
                                              run_dir)
+    state["status"] = "finished"
+    state.pop("error", None)
+    state.pop("error_type", None)
+    run_dir.write_json("state.json", state)
     return RunResult(run_dir=run_dir, model=model, metrics=metrics, reports=reports)
+
+
+def _record_failure(run_dir, state, error, discard, out):
+    """Marks the run failed or interrupted; removes a new one with no checkpoint.
+
+    A `KftError`'s message gains what became of the run directory.
+    """
+    interrupted = isinstance(error, KeyboardInterrupt)
+    if discard and run_dir.discard():
+        note = f"No epoch finished, so {run_dir.path} was removed."
+    else:
+        state["status"] = "interrupted" if interrupted else "failed"
+        if not interrupted:
+            state["error"] = str(error)
+            state["error_type"] = type(error).__name__
+        try:
+            run_dir.write_json("state.json", state)
+        except KftError:
+            pass  # The disk that failed the checkpoint may fail this too.
+        epoch = state["epoch"]
+        note = (f"{run_dir.path} keeps epoch {epoch}; continue with "
+                f"`kft run RECIPE --resume {run_dir.path}`." if epoch else
+                f"{run_dir.path} holds no finished epoch.")
+        if isinstance(error, TrainingDiverged):
+            note = (f"The checkpoints in {run_dir.path} keep epoch {epoch}, "
+                    "the last finite weights.")
+    if interrupted:
+        out.interrupted(note)
+    elif isinstance(error, KftError):
+        error.args = (f"{error} {note}",)
 
 
 def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out):
@@ -179,11 +274,12 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out):
         mode=monitor_mode(recipe.monitor, recipe.metrics, recipe.monitor_mode))
     # History first: an epoch is only done once the checkpoint and state say so.
     callbacks = [
+        run_callbacks.StopOnNonFiniteLoss(stage.name),
         run_callbacks.StageCSVLogger(run_dir.history, stage.name),
         checkpoint,
         keras.callbacks.TensorBoard(log_dir=str(run_dir.path / "tensorboard")),
     ]
-    callbacks += list(recipe.callbacks(params)) if recipe.callbacks else []
+    callbacks += recipe.build_callbacks(params)
     callbacks += list(stage.callbacks)
     fit_model, train, validation = _cached_head(model, data, stage, params, out)
     if fit_model is not model:

@@ -16,6 +16,7 @@ from kft.console import Console
 from kft.runs import runner
 from kft.runs.monitor import monitor_mode
 from kft.errors import KftError
+from kft.errors import TrainingDiverged
 from kft.runs.run_directory import RunDirectory
 from kft.tuning import results, space
 from kft.tuning.tune_directory import TuneDirectory
@@ -155,15 +156,20 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
         if self.isolate:
             return self._run_process(folder, values, resume)
         verbose = self.console.verbose
-        if resume is not None:
-            return runner.run(self.recipe, resume=resume, verbose=verbose).run_dir
-        return runner.run(self.recipe, overrides={**self.fixed, **values}, output=folder,
-                          verbose=verbose).run_dir
+        try:
+            if resume is not None:
+                # The search checked the recipe's space when it resumed.
+                return runner.run(self.recipe, resume=resume, force=True,
+                                  verbose=verbose).run_dir
+            return runner.run(self.recipe, overrides={**self.fixed, **values}, output=folder,
+                              verbose=verbose).run_dir
+        except TrainingDiverged as error:
+            return _diverged_run(folder, error)
 
     def _run_process(self, folder, values, resume):
         """Runs the trial as `kft run RECIPE_FILE` in a new Python process."""
         if resume is not None:
-            args = ["--resume", str(resume)]
+            args = ["--resume", str(resume), "--force"]
         else:
             params_file = folder / "params.json"
             self.tune_dir.write_json(params_file, {**self.fixed, **values})
@@ -175,6 +181,10 @@ class RecipeTuner(keras_tuner.engine.base_tuner.BaseTuner):
             stderr=subprocess.PIPE, text=True,
         )
         sys.stderr.write(process.stderr)
+        latest = _latest_run(folder)
+        if process.returncode != 0 and latest is not None and \
+                RunDirectory(latest).read_json("state.json").get("error_type") == "TrainingDiverged":
+            return _diverged_run(folder, process.stderr.strip())
         if process.returncode != 0:
             lines = [line for line in process.stderr.splitlines() if line.strip()]
             raise RuntimeError(f"kft run exited with status {process.returncode}: "
@@ -425,6 +435,14 @@ def _check_same(config, recipe, tuner, objective, direction, seed):
             "The recipe's search space changed since the search started "
             f"({config['search']} then, {now} now): start a new search."
         )
+
+
+def _diverged_run(folder, error):
+    """A trial whose loss became NaN is scored on its finite epochs, if it has any."""
+    latest = _latest_run(folder)
+    if latest is None or not RunDirectory(latest).history.is_file():
+        raise keras_tuner.errors.FailedTrialError(f"{error}") from None
+    return RunDirectory(latest)
 
 
 def _latest_run(folder):

@@ -307,34 +307,64 @@ def test_failure_mid_export_leaves_no_version(exported, tmp_path, monkeypatch):
     assert list((tmp_path / "m").iterdir()) == []
 
 
+def test_a_full_disk_is_one_clear_error_and_publishes_nothing(exported, tmp_path, monkeypatch):
+    import errno
+
+    def full(folder, card):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(model_json, "write_model_json", full)
+    with pytest.raises(KftError, match=re.escape(
+            f"Could not write the export to {tmp_path / 'm'}: No space left on device; nothing "
+            "was published (the next export takes version 1).")):
+        kft.export.serving(exported.image_model, tmp_path, name="m", labels=LABELS)
+    assert list((tmp_path / "m").iterdir()) == []
+
+
 _KILLED_EXPORT = """
 import os, signal, sys
-sys.path.insert(0, {repo!r})
 import kft.export
 from kft.export import model_json
 from tests.helpers.tiny_models import tiny_image_model
 
-def killed(folder, card):
-    print("saved_model.pb written:", (folder / "saved_model.pb").is_file(), flush=True)
+base, point = sys.argv[1:3]
+
+def kill(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-model_json.write_model_json = killed
-kft.export.serving(tiny_image_model(3, 16), {base!r}, name="m")
+rename = os.rename
+if point == "saved-model-written":  # model.json not yet
+    model_json.write_model_json = kill
+elif point == "before-rename":
+    os.rename = kill
+elif point == "after-rename":
+    os.rename = lambda *args: (rename(*args), kill())
+kft.export.serving(tiny_image_model(3, 16), base, name="m")
 """
 
 
 @pytest.mark.slow
-def test_killed_export_leaves_no_version_a_server_would_load(tmp_path):
-    script = _KILLED_EXPORT.format(repo=str(REPO), base=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert done.returncode == -9, done.stderr[-2000:]
-    assert "saved_model.pb written: True" in done.stdout
-    left = list((tmp_path / "m").iterdir())
-    # Only the hidden staging folder: no integer name, so TF Serving skips it.
-    assert len(left) == 1 and left[0].name.startswith(".") and not left[0].name.isdigit()
-    assert versions.versions(tmp_path / "m") == []
-    assert versions.next_version(tmp_path / "m") == 1
+def test_a_kill_at_any_point_of_an_export_leaves_only_complete_versions(exported, tmp_path):
+    from tests.helpers.process import kill_points
+
+    points = ["saved-model-written", "before-rename", "after-rename"]
+    for point in points:
+        kft.export.serving(exported.image_model, tmp_path / point, name="m", labels=LABELS)
+    kill_points(_KILLED_EXPORT, [tmp_path / point for point in points], points)
+
+    for point in points:
+        folder = tmp_path / point / "m"
+        published = versions.versions(folder)
+        assert published == ([1, 2] if point == "after-rename" else [1]), point
+        for version in published:
+            # Complete: TF loads it and its model card is there.
+            assert (folder / str(version) / "model.json").is_file(), (point, version)
+            assert "serving_default" in tf.saved_model.load(
+                str(folder / str(version))).signatures
+        # What a killed export leaves is hidden: no integer name, so TF Serving skips it.
+        hidden = [entry.name for entry in folder.iterdir() if not entry.name.isdigit()]
+        assert all(name.startswith(".") for name in hidden), point
+        assert versions.next_version(folder) == published[-1] + 1
 
 
 def test_publish_version_renames_only_complete_folders(tmp_path):

@@ -27,3 +27,22 @@ def run_script(source, timeout=300):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
+
+
+def kill_points(source, folders, points, timeout=300):
+    """Runs Python `source` once per kill point, all at once, each in its own folder.
+
+    The script receives its folder and point as `sys.argv[1:3]` and is
+    expected to SIGKILL itself there. Fails the test unless every run died
+    of SIGKILL.
+    """
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                   "PYTHONPATH": os.pathsep.join(
+                       filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    started = [subprocess.Popen([sys.executable, "-c", source, str(folder), point], cwd=REPO,
+                                env=environment, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+               for folder, point in zip(folders, points)]
+    for process, point in zip(started, points):
+        _, stderr = process.communicate(timeout=timeout)
+        assert process.returncode == -9, f"{point}: {stderr[-3000:]}"

@@ -63,3 +63,23 @@ def test_mae_is_minimised_like_keras_does(tmp_path):
     callback.on_epoch_end(1, {"val_mae": 0.9})
     callback.on_epoch_end(2, {"val_mae": 0.2})
     assert state["best"] == 0.2 and state["best_epoch"] == 3
+
+
+def test_a_non_finite_loss_stops_inside_the_batch_before_any_checkpoint(tmp_path):
+    import pytest
+
+    from kft.errors import TrainingDiverged
+    from kft.runs.callbacks import StopOnNonFiniteLoss
+
+    run = RunDirectory.create("demo", tmp_path)
+    model = _model()
+    x = np.ones((24, 2), "float32")
+    x[10] = np.inf  # the third batch of 4
+    y = np.zeros(24, "int32")
+    state = {"epoch": 0, "best": None}
+    with pytest.raises(TrainingDiverged) as stopped:
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[StopOnNonFiniteLoss("head"), RunCheckpoint(run, state, "head")])
+    assert (stopped.value.stage, stopped.value.epoch, stopped.value.batch) == ("head", 1, 3)
+    assert "the loss became nan in stage 'head', epoch 1, batch 3" in str(stopped.value)
+    assert not run.last_checkpoint.exists() and state["epoch"] == 0

@@ -126,7 +126,10 @@ def test_a_failing_trial_is_recorded_and_hyperband_goes_on_with_budgeted_trials(
 
     rows = _csv(result.tune_dir.path / "trials.csv")
     assert [row["status"] for row in rows] == ["failed", "completed"]
-    assert rows[0]["message"] == "RuntimeError: the first model will not build"
+    # Where the recipe raised, as `kft run` reports it.
+    assert rows[0]["message"].startswith(f"KftError: {__file__}, line ")
+    assert ("in model: the recipe's model() raised RuntimeError: the first model will not "
+            "build") in rows[0]["message"]
     assert rows[0]["val_accuracy"] == ""
     assert result.best.trial == "1"
     # Hyperband (at most the param's 3 epochs, factor 3) opens with 1-epoch trials.
@@ -137,6 +140,21 @@ def test_a_failing_trial_is_recorded_and_hyperband_goes_on_with_budgeted_trials(
         assert [line["stage"] for line in csv.DictReader(handle)] == ["head", "finetune"]
     # The best params leave the budget out: a retrained best gets it in full.
     assert result.best_params == {"lr": calls[1]}
+
+
+def test_a_diverged_trial_counts_its_finite_epochs_or_fails(run_in_tmp):
+    late = tune(_recipe({"finetune_lr": Choice(1e30)}, finetune_epochs=2), trials=1, seed=1)
+    (row,) = _csv(late.tune_dir.path / "trials.csv")
+    assert row["status"] == "completed"
+    with open(late.tune_dir.path / row["run_dir"] / "history.csv") as handle:
+        assert [line["stage"] for line in csv.DictReader(handle)] == ["head"]
+    assert "TrainingDiverged" in json.loads(
+        (late.tune_dir.path / row["run_dir"] / "state.json").read_text())["error_type"]
+
+    at_once = tune(_recipe({"lr": Choice(1e38)}), trials=1, seed=1, output="early")
+    (row,) = _csv(at_once.tune_dir.path / "trials.csv")
+    assert row["status"] == "failed"
+    assert "the loss became inf in stage 'head', epoch 1" in row["message"]
 
 
 @pytest.fixture(scope="module")
