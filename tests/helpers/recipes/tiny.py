@@ -1,10 +1,14 @@
 """A seconds-long recipe for end-to-end tests: a tiny conv net on an image folder.
 
-Setting KFT_TEST_KILL_AT_EPOCH=N makes the process SIGKILL itself when epoch N
-(global, 0-based) begins: a real hard kill mid-training, at a known point.
+Failures at a known point, when epoch N (global, 0-based) begins:
+- KFT_TEST_KILL_AT_EPOCH=N: the process SIGKILLs itself (a hard kill);
+- KFT_TEST_TERM_AT_EPOCH=N: it sends itself SIGTERM (a scheduler, `docker stop`);
+- KFT_TEST_FILE_LIMIT_AT_EPOCH=N:BYTES: files can no longer grow past BYTES, as
+  on a full disk (writes fail with EFBIG instead of the default SIGXFSZ kill).
 """
 
 import os
+import resource
 import signal
 
 import keras
@@ -13,10 +17,16 @@ import kft
 from tests.helpers.tiny_models import tiny_image_model
 
 
-class _KillAt(keras.callbacks.Callback):
+class _FailAt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == int(os.environ.get("KFT_TEST_KILL_AT_EPOCH", -1)):
             os.kill(os.getpid(), signal.SIGKILL)
+        if epoch == int(os.environ.get("KFT_TEST_TERM_AT_EPOCH", -1)):
+            os.kill(os.getpid(), signal.SIGTERM)
+        at, _, limit = os.environ.get("KFT_TEST_FILE_LIMIT_AT_EPOCH", "-1:").partition(":")
+        if epoch == int(at):
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.RLIM_INFINITY))
 
 
 recipe = kft.Recipe(
@@ -31,5 +41,5 @@ recipe = kft.Recipe(
         kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr),
         kft.Stage("finetune", epochs=p.finetune_epochs, train="groups:2", lr=p.finetune_lr),
     ],
-    callbacks=lambda p: [_KillAt()],
+    callbacks=lambda p: [_FailAt()],
 )
