@@ -35,6 +35,9 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
     `tf.string [batch]`) and `predict_images` decoded `[batch, H, W, C]`
     arrays; for a text model (string input), `serving_default` takes raw
     strings (`text`). Both return `probabilities`, `class_index` and `label`.
+    A token classifier (`kft.text.token_classifier`) takes raw sentences
+    (`sentences`) and returns `tags` (`tf.string [batch, words]`, one per
+    word) and `num_words`.
     The graph holds only TensorFlow ops: serving needs neither kft nor
     keras-hub. LoRA adapters (kft.peft) are merged into the kernels first.
 
@@ -74,14 +77,14 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
     ```
     """
     spec = signatures.model_input(model)
-    labels = _labels(labels, model)
+    labels = class_labels(labels, model)
     folder = versions.model_dir(base_dir, name or model.name)
     versions.check_version(folder, version)
     calibration, validation = _quantization_data(
         quantize, spec, representative_data, validation_data
     )
 
-    float_model, lora_merged = _without_lora(model)
+    float_model, lora_merged = without_lora(model)
     export_model, quantized_layers = float_model, None
     if quantize:
         export_model = _copy(float_model)
@@ -109,7 +112,7 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
         published = versions.publish_version(folder, version, write)
     except (OSError, tf.errors.OpError) as error:
         raise KftError(
-            f"Could not write the export to {folder}: {_reason(error)}; nothing was "
+            f"Could not write the export to {folder}: {write_failure_reason(error)}; nothing was "
             f"published (the next export takes version {versions.next_version(folder)})."
         ) from error
     for report in reports:
@@ -117,15 +120,18 @@ def serving(model, base_dir, name=None, version=None, labels=None, metadata=None
     return published
 
 
-def _reason(error):
+def write_failure_reason(error):
     """The OS's words for a failed write (TensorFlow puts them after the path)."""
     if isinstance(error, OSError):
         return error.strerror or str(error)
     return str(error.message).rsplit("; ", 1)[-1]
 
 
-def _labels(labels, model):
-    classes = model.outputs[0].shape[1]
+def class_labels(labels, model):
+    """The class names an export records: `labels` checked, or the model's own."""
+    classes = model.outputs[0].shape[-1]
+    if labels is None and hasattr(model, "tags"):
+        return list(model.tags)
     if labels is None:
         return [str(index) for index in range(classes)]
     labels = [str(label) for label in labels]
@@ -145,6 +151,9 @@ def _quantization_data(quantize, spec, representative_data, validation_data):
                 "quantize='int8'."
             )
         return None, None
+    if spec.kind == "token":
+        raise KftError("quantize='int8' exports classifiers; export a token classifier "
+                       "in float (quantize=None).")
     if quantize not in QUANTIZE_MODES:
         raise KftError(
             f"quantize={quantize!r} is not supported; use None or 'int8'."
@@ -166,7 +175,7 @@ def _quantization_data(quantize, spec, representative_data, validation_data):
     return calibration, validation
 
 
-def _without_lora(model):
+def without_lora(model):
     """Returns `(model to export, whether LoRA adapters were merged into it)`."""
     try:
         # LoRA lives in kft.peft, a separate part of kft; a build without it

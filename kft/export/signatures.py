@@ -4,15 +4,19 @@ An image model (one `(H, W, C)` image input) gets two signatures:
 
 - `serving_default`: `image_bytes`, a `tf.string [batch]` of encoded JPEG,
   PNG, GIF (first frame) or BMP files of any size. The graph decodes each
-  to RGB (or grey, for `C == 1`) and resizes it to `H x W` the way
-  `kft.data.images` does (bilinear, antialiased, rounded to uint8).
+  to RGB (or grey, for `C == 1`), turns JPEG photos upright by their EXIF
+  orientation and resizes them to `H x W` the way `kft.data.images` does
+  (bilinear, antialiased, rounded to uint8).
 - `predict_images`: `images`, already decoded `[batch, H, W, C]` arrays of
   the model's input dtype (uint8 for kft's classifiers).
 
 A text model (one string input) gets `serving_default` only: `text`, a
 `tf.string [batch]` of raw strings; its tokenizer is part of the model.
+A token classifier gets `serving_default` only: `sentences`, raw strings
+split on whitespace; it returns `tags` (`tf.string [batch, words]`, one tag
+per word, `""` past a sentence's end) and `num_words` (`int32 [batch]`).
 
-Every signature returns `probabilities` (`float32 [batch, classes]`),
+Every classifier's signature returns `probabilities` (`float32 [batch, classes]`),
 `class_index` (`int64 [batch]`, the top class) and `label` (`tf.string
 [batch]`, that class's name). The model is called with `training=False`, so
 dropout and augmentation are off.
@@ -24,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from kft.errors import KftError
+from kft.export import exif
 
 # Same resampling as kft.data.images, so a served photo matches training.
 RESIZE_METHOD = "bilinear"
@@ -57,6 +62,10 @@ class ModelInput:
         """A JSON-ready description for `model.json`."""
         if self.kind == "text":
             return {"kind": "text", "serving_default": "raw UTF-8 strings, tf.string [batch]"}
+        if self.kind == "token":
+            return {"kind": "token", "serving_default": (
+                "raw UTF-8 sentences, tf.string [batch], split on whitespace; returns tags "
+                "[batch, words] (one tag per word, '' past a sentence's end) and num_words")}
         height, width = self.image_size
         return {
             "kind": "image",
@@ -88,6 +97,9 @@ def model_input(model):
     Raises:
         KftError: for models kft cannot give a serving signature.
     """
+    if _preprocessor(model) is not None and hasattr(model, "tags"):
+        # A kft TokenClassifier: sentences in, a tag per word out.
+        return ModelInput("token", "string", ())
     if _preprocessor(model) is not None and len(model.outputs) == 1:
         # A keras-hub text task: its preprocessor turns strings into the
         # token inputs of its graph.
@@ -132,6 +144,9 @@ def serving_endpoints(model, labels):
         first, ready for `keras.export.ExportArchive.add_endpoint`.
     """
     spec = model_input(model)
+    if spec.kind == "token":
+        return [("serving_default", _tagger(model),
+                 [tf.TensorSpec([None], tf.string, name="sentences")])]
     classify = _classifier(model, labels)
     if spec.kind == "text":
         preprocessor = _preprocessor(model)
@@ -169,6 +184,8 @@ def decode_images(image_bytes, image_size, channels=3, dtype="uint8"):
     """
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        # Upright as in training (kft.data.images applies EXIF orientation).
+        image = exif.apply_orientation(image, exif.exif_orientation(data))
         image = tf.image.resize(
             image, image_size, method=RESIZE_METHOD, antialias=RESIZE_ANTIALIAS
         )
@@ -185,6 +202,30 @@ def _preprocessor(model):
     from kft.model_tree import is_keras_hub_task
 
     return getattr(model, "preprocessor", None) if is_keras_hub_task(model) else None
+
+
+def _tagger(model):
+    """Sentences -> one tag per word, as `kft.text.predict_words` gives them."""
+    preprocessor = _preprocessor(model)
+    tags = tf.constant(list(model.tags), tf.string)
+
+    def tag(sentences):
+        features, _, positions = preprocessor.align(sentences)
+        probabilities = tf.cast(model(features, training=False), tf.float32)
+        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        num_words = tf.cast(tf.strings.split(sentences).row_lengths(), tf.int32)
+        width = tf.reduce_max(tf.concat([num_words, [0]], axis=0))
+        # "O" for words past the sequence length (no prediction), "" past the end.
+        inside = tf.range(width)[tf.newaxis, :] < num_words[:, tf.newaxis]
+        words = tf.where(inside, tf.constant("O"), tf.constant(""))
+        first_pieces = tf.where(positions >= 0)
+        word_of_piece = tf.gather_nd(positions, first_pieces)
+        where = tf.stack([tf.cast(first_pieces[:, 0], tf.int32), word_of_piece], axis=1)
+        predicted_tags = tf.gather(tags, tf.gather_nd(predicted, first_pieces))
+        return {"tags": tf.tensor_scatter_nd_update(words, where, predicted_tags),
+                "num_words": num_words}
+
+    return tag
 
 
 def _classifier(model, labels):

@@ -79,20 +79,40 @@ def _write_image_files(folder):
     files["grey.png"] = (Image.fromarray(grey, "L"), "PNG")
     large = rng.integers(0, 256, (40, 28, 3)).astype("uint8")
     files["large.png"] = (Image.fromarray(large), "PNG")
+    # Phone photos: pixels as the sensor saw them, and an EXIF orientation.
+    sideways = rng.integers(0, 256, (14, 24, 3)).astype("uint8")
+    for orientation in range(2, 9):
+        files[f"orientation{orientation}.jpg"] = (Image.fromarray(sideways), "JPEG", orientation)
     paths = []
-    for name, (image, fmt) in files.items():
+    for name, (image, fmt, *orientation) in files.items():
         path = folder / name
-        image.save(path, format=fmt)
+        options = {}
+        if orientation:
+            exif = Image.Exif()
+            exif[0x0112] = orientation[0]
+            options["exif"] = exif.tobytes()
+        image.save(path, format=fmt, **options)
         paths.append(path)
     # What the Keras model sees for the same files: PNG pixels as written, the
     # JPEG as TensorFlow decodes it, grey replicated to RGB, the large image
     # resized as kft.data.images does (bilinear, antialiased, rounded).
-    resized = tf.image.resize(large, (SIZE, SIZE), method="bilinear", antialias=True)
+    def resized(pixels):
+        pixels = tf.image.resize(pixels, (SIZE, SIZE), method="bilinear", antialias=True)
+        return np.clip(np.round(pixels.numpy()), 0, 255).astype("uint8")
+
+    # Turned upright the way PIL's exif_transpose does it in training.
+    upright = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
     pixels = np.stack([
         images[0], images[1], images[2],
         tf.io.decode_jpeg(paths[3].read_bytes(), channels=3).numpy(),
         np.repeat(grey[..., None], 3, axis=-1),
-        np.clip(np.round(resized.numpy()), 0, 255).astype("uint8"),
+        resized(large),
+        *[resized(np.asarray(Image.fromarray(tf.io.decode_jpeg(path.read_bytes()).numpy())
+                             .transpose(upright[orientation])))
+          for orientation, path in zip(range(2, 9), paths[6:])],
     ])
     return paths, pixels
 
@@ -453,3 +473,25 @@ def test_keras_hub_bert_with_its_tokenizer_serves_raw_strings(tmp_path):
     np.testing.assert_allclose(served["results"][1]["probabilities"], expected, atol=0.02)
     report = json.loads((int8_path / "model.json").read_text())["quantization"]
     assert report["int8_saved_model"]["quantized_layers"] >= 7  # Embeddings, attention, FFN, head.
+
+
+def test_a_token_classifier_serves_tags_per_word(tiny_bert_dir, tmp_path):
+    from kft.models.token_classifier import predict_words, token_classifier
+
+    keras.utils.set_random_seed(0)
+    model = token_classifier(tiny_bert_dir, ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"],
+                             sequence_length=6)
+    # The second sentence is longer than the sequence: its last words get "O".
+    sentences = ["alice lives in paris", "bob works at acme in london today", "paris"]
+    path = kft.export.serving(model, tmp_path / "models")
+    assert json.loads((path / "model.json").read_text())["task"] == "token_classification"
+    (served,) = _serve([{"export": str(path), "signature": "serving_default",
+                         "argument": "sentences", "strings": sentences}],
+                       tmp_path, tensorflow_text=True)["results"]
+    expected = predict_words(model, sentences)
+    assert served["num_words"] == [4, 7, 1]
+    assert [tags[:count] for tags, count in zip(served["tags"], served["num_words"])] == expected
+    assert served["tags"][1][4:] == ["O"] * 3  # no piece of theirs fits the sequence
+    assert served["tags"][2][1:] == [""] * 6  # padding past the sentence's one word
+    with pytest.raises(KftError, match="export a token classifier in float"):
+        kft.export.serving(model, tmp_path / "models", quantize="int8")

@@ -8,7 +8,7 @@ Usage: `python serving_process.py REQUESTS.json RESULTS.json [--tensorflow-text]
 REQUESTS.json is a list of `{"export": DIR, "signature": NAME, "argument":
 NAME}` plus one of `"files"` (paths whose bytes form a string batch), `"npy"`
 (a `.npy` array) or `"strings"` (a list of str). RESULTS.json gets
-`{"results": [{"probabilities", "class_index", "label", "inputs"}, ...],
+`{"results": [{every output of the signature, "inputs"}, ...],
 "modules": [kft or keras-hub modules loaded, which must be none]}`.
 """
 
@@ -43,6 +43,13 @@ def _inputs(request):
     return tf.constant(request["strings"])
 
 
+def _plain(array):
+    """An output as JSON: numbers as lists, strings decoded."""
+    if array.dtype == object:
+        return np.vectorize(lambda item: item.decode(), otypes=[object])(array).tolist()
+    return array.tolist()
+
+
 def main(requests_path, results_path):
     loaded = {}
     results = []
@@ -54,9 +61,7 @@ def main(requests_path, results_path):
         outputs = function(**{request["argument"]: _inputs(request)})
         _, kwargs = function.structured_input_signature
         results.append({
-            "probabilities": outputs["probabilities"].numpy().tolist(),
-            "class_index": outputs["class_index"].numpy().tolist(),
-            "label": [label.decode() for label in outputs["label"].numpy()],
+            **{key: _plain(value.numpy()) for key, value in outputs.items()},
             "inputs": {
                 key: [spec.dtype.name, spec.shape.as_list()] for key, spec in kwargs.items()
             },
