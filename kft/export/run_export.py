@@ -1,4 +1,4 @@
-"""`kft export`: a run directory's final model, published for TF Serving."""
+"""`kft export`: a run directory's final model, published for TF Serving or as ONNX."""
 
 import json
 import pathlib
@@ -6,6 +6,7 @@ import re
 
 from kft.console import Console
 from kft.errors import KftError
+from kft.runs.run_directory import final_model_of
 from kft.export.serving_export import serving
 
 # RunDirectory names runs `<recipe>-<YYYYmmdd-HHMMSS>[-N]`.
@@ -45,12 +46,7 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None,
     ```
     """
     run = pathlib.Path(run_dir)
-    model_file = run / "model.keras"
-    if not model_file.is_file():
-        raise KftError(
-            f"{run} holds no model.keras: pass a finished run directory (the folder "
-            "`kft run` printed); finish an interrupted one with `kft run --resume`."
-        )
+    model_file = final_model_of(run)
     params = _read_json(run / "params.json", {})
     labels = _read_json(run / "labels.json", None)
     metrics = _read_json(run / "metrics.json", {})
@@ -75,6 +71,68 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None,
     )
     Console(verbose).exported(model_file, path)
     return path
+
+
+def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=None,
+                    verbose=False):
+    """Exports the final model of a run directory as ONNX, in `to/name/version/`.
+
+    The version folder holds `model.onnx` (and `model_int8.onnx` with
+    `quantize`), `labels.json`, `model.json` and, for text runs, `tokenizer/`
+    (see `kft.export.onnx`). `BASE/NAME/VERSION/model.onnx` is also the
+    layout of a Triton Inference Server model repository; versions are
+    published and numbered as for `export_run`.
+
+    Args:
+        run_dir: a finished run directory (holding `model.keras`).
+        to: the base folder.
+        name: the model name; defaults to the run's recipe name.
+        version: a positive integer; `None` takes the next free one.
+        quantize: `None` or `"int8"`: calibration images come from the run's
+            training data and accuracy before and after from its validation
+            data, rebuilt by the recipe with the run's saved hyperparameters.
+        recipe: with `quantize`, the recipe the run was trained with (a
+            `kft.Recipe` or its file); defaults to `run_dir/recipe.py`.
+        verbose: print where the export went, sizes and accuracies.
+
+    Returns:
+        The `kft.export.onnx_export.OnnxExport` report (`.folder` is the
+        version folder).
+
+    Example:
+    ```python
+    report = kft.export.export_run_onnx("runs/flowers-20250101-120000", "onnx",
+                                        quantize="int8")
+    # onnx/flowers/1/model.onnx, onnx/flowers/1/model_int8.onnx
+    ```
+    """
+    from kft.export import onnx_export
+    from kft.export import versions
+
+    run = pathlib.Path(run_dir)
+    model_file = final_model_of(run)
+    params = _read_json(run / "params.json", {})
+    labels = _read_json(run / "labels.json", None)
+    metrics = _read_json(run / "metrics.json", {})
+    model = _load_model(model_file)
+    folder = versions.model_dir(to, name or _recipe_name(run) or model.name)
+    versions.check_version(folder, version)
+    representative = validation = None
+    if quantize:
+        data = _training_data(run, params, recipe)
+        representative, validation = data.train, data.validation
+    report = onnx_export.publish(
+        model, lambda write: versions.publish_version(folder, version, write), folder,
+        labels=labels, quantize=quantize, representative_data=representative,
+        validation_data=validation, name=folder.name,
+        metadata={
+            "source": {"run_dir": str(run.resolve()), "model_file": model_file.name,
+                       "params": params},
+            "validation": metrics.get("final", {}),
+        },
+    )
+    Console(verbose).exported_onnx(report, model_file)
+    return report
 
 
 def _read_json(path, default):

@@ -47,6 +47,24 @@ def new_directory(name, output=None):
     raise KftError(f"Could not find a free directory name under {root}.")
 
 
+def final_model_of(run_dir):
+    """The `model.keras` of a finished run directory, or one clear error.
+
+    Args:
+        run_dir: the folder `kft run` printed.
+
+    Returns:
+        The model file's `pathlib.Path`.
+    """
+    model_file = pathlib.Path(run_dir) / "model.keras"
+    if not model_file.is_file():
+        raise KftError(
+            f"{run_dir} holds no model.keras: pass a finished run directory (the folder "
+            "`kft run` printed); finish an interrupted one with `kft run --resume`."
+        )
+    return model_file
+
+
 class RunDirectory:
     """Paths and atomic writes for one run."""
 
