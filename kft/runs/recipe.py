@@ -23,6 +23,8 @@ RUN_PARAMS = {
     "precision": "float32",
     # Batches per optimizer update (gradient accumulation).
     "accumulate": 1,
+    # kft.tracking.KINDS ("mlflow") or "" for none; `kft run --track mlflow` sets it.
+    "tracking": "",
 }
 
 

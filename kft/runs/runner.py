@@ -17,6 +17,7 @@ import keras
 from kft import console
 from kft import freezing
 from kft import saving
+from kft import tracking
 from kft.errors import KftError
 from kft.errors import TrainingDiverged
 from kft.runs import callbacks as run_callbacks
@@ -53,7 +54,7 @@ class RunResult:
 
 
 def run(recipe, overrides=None, data=None, output=None, resume=None, force=False,
-        verbose=True):
+        verbose=True, tracking_uri=None, experiment=None):
     """Runs every stage of `recipe` and writes the results to a run directory.
 
     The run params (`kft.runs.recipe.RUN_PARAMS`) pick the `tf.distribute`
@@ -80,6 +81,10 @@ def run(recipe, overrides=None, data=None, output=None, resume=None, force=False
             started (its SHA-256 is in `state.json`).
         verbose: print progress and the summary (`kft.console`); Keras'
             progress bars follow it too.
+        tracking_uri: where the `tracking` param logs the run (`kft.tracking`):
+            an MLflow server or store; default `MLFLOW_TRACKING_URI`, else
+            `./mlruns/mlflow.db`. A resumed run keeps its own (`tracking.json`).
+        experiment: the tracking experiment (default: the recipe's name).
 
     Returns:
         A `RunResult`.
@@ -100,11 +105,15 @@ def run(recipe, overrides=None, data=None, output=None, resume=None, force=False
     precision.check_precision(params.precision)
     accumulation.check_accumulate(params.accumulate)
     chief = distribute.is_chief(strategy)
+    # Only the chief's run is tracked, as only it writes the run directory.
+    tracker = tracking.create(getattr(params, "tracking", "") if chief else "",
+                              uri=tracking_uri if chief else None, experiment=experiment,
+                              out=out)
     worker_dir = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="kft-worker-"))
     try:
         with strategy.scope(), precision.precision_policy(params.precision):
             result = _run(recipe, params, strategy, output if chief else worker_dir,
-                          _worker_copy(resume, worker_dir), out)
+                          _worker_copy(resume, worker_dir), out, tracker)
     finally:
         if worker_dir is not None:
             shutil.rmtree(worker_dir, ignore_errors=True)
@@ -136,7 +145,7 @@ def _worker_copy(resume, worker_dir):
     return shutil.copytree(resume, worker_dir / pathlib.Path(resume).name)
 
 
-def _run(recipe, params, strategy, output, resume, out):
+def _run(recipe, params, strategy, output, resume, out, tracker):
     out.strategy(strategy)
     # Everything a bad param or bad data can break comes before the run directory.
     stages = recipe.build_stages(params)
@@ -162,9 +171,12 @@ def _run(recipe, params, strategy, output, resume, out):
         run_dir, state = _new_run_directory(recipe, params, output)
         out.run_directory(run_dir)
     try:
-        return _train(recipe, params, data, stages, model, run_dir, state, resumed, out)
+        tracker.start(run_dir, recipe, params, stages)
+        return _train(recipe, params, data, stages, model, run_dir, state, resumed, out,
+                      tracker)
     except BaseException as error:
-        _record_failure(run_dir, state, error, discard=resume is None, out=out)
+        _record_failure(run_dir, state, error, discard=resume is None, out=out,
+                        tracker=tracker)
         raise
 
 
@@ -191,7 +203,7 @@ def _check_schedules(stages, data, params):
             raise KftError(f"Stage {stage.name!r}: {error}") from None
 
 
-def _train(recipe, params, data, stages, model, run_dir, state, resumed, out):
+def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tracker):
     if params.precision != "float32":
         out.float32_outputs(precision.float32_outputs(model))
     run_dir.write_json("labels.json", list(data.class_names))
@@ -219,7 +231,7 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out):
                 freezing.prepare_optimizer(model)
         resumed = False
         fitted = _fit_stage(recipe, model, data, stage, starts[index], state, run_dir, params,
-                            out)
+                            out, tracker)
         stage_rows.append({
             "name": stage.name, "epochs": stage.epochs, "seconds": time.time() - began,
             "trainable": trainable,
@@ -231,6 +243,9 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out):
     run_dir.save_model(model, run_dir.final_model)
     metrics, reports = results.final_results(recipe, model, data, stages, stage_rows, state,
                                              run_dir)
+    # Before the state says finished: an interrupt while uploading leaves both
+    # saying interrupted (the results are all written).
+    tracker.finish(run_dir, metrics)
     state["status"] = "finished"
     state.pop("error", None)
     state.pop("error_type", None)
@@ -238,10 +253,11 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out):
     return RunResult(run_dir=run_dir, model=model, metrics=metrics, reports=reports)
 
 
-def _record_failure(run_dir, state, error, discard, out):
+def _record_failure(run_dir, state, error, discard, out, tracker):
     """Marks the run failed or interrupted; removes a new one with no checkpoint.
 
-    A `KftError`'s message gains what became of the run directory.
+    A `KftError`'s message gains what became of the run directory. The
+    tracker's run ends FAILED or KILLED.
     """
     interrupted = isinstance(error, KeyboardInterrupt)
     if discard and run_dir.discard():
@@ -262,13 +278,14 @@ def _record_failure(run_dir, state, error, discard, out):
         if isinstance(error, TrainingDiverged):
             note = (f"The checkpoints in {run_dir.path} keep epoch {epoch}, "
                     "the last finite weights.")
+    tracker.end("interrupted" if interrupted else "failed", error)
     if interrupted:
         out.interrupted(note)
     elif isinstance(error, KftError):
         error.args = (f"{error} {note}",)
 
 
-def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out):
+def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, tracker):
     checkpoint = run_callbacks.RunCheckpoint(
         run_dir, state, stage.name, monitor=recipe.monitor,
         mode=monitor_mode(recipe.monitor, recipe.metrics, recipe.monitor_mode))
@@ -277,6 +294,8 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out):
         run_callbacks.StopOnNonFiniteLoss(stage.name),
         run_callbacks.StageCSVLogger(run_dir.history, stage.name),
         checkpoint,
+        # After the checkpoint: the tracker only logs epochs a resume keeps.
+        *tracker.callbacks(),
         keras.callbacks.TensorBoard(log_dir=str(run_dir.path / "tensorboard")),
     ]
     callbacks += recipe.build_callbacks(params)
