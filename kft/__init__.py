@@ -13,6 +13,7 @@ from kft import data
 from kft import evaluation
 from kft import export
 from kft import freezing
+from kft import inference
 from kft import layers
 from kft import optimizers
 from kft import peft

@@ -1,4 +1,4 @@
-"""The `kft` command line: run, tune, info, lr-find and export.
+"""The `kft` command line: run, tune, info, lr-find, export, predict and evaluate.
 
 Commands parse their options, call the library and print what it returns
 through `kft.console`.
@@ -64,7 +64,15 @@ def main():
 @click.option("--force", is_flag=True,
               help="With --resume: continue although the recipe file changed since the run began.")
 @strategy_option
-def run(recipe_file, data, overrides, params_file, output, resume, force, strategy):
+@click.option("--track", type=click.Choice(["mlflow"]),
+              help="Log the run to MLflow (sets the 'tracking' param; a resumed run keeps its own).")
+@click.option("--tracking-uri", metavar="URI",
+              help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else "
+                   "./mlruns/mlflow.db).")
+@click.option("--experiment", metavar="NAME",
+              help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else the recipe's name).")
+def run(recipe_file, data, overrides, params_file, output, resume, force, strategy, track,
+        tracking_uri, experiment):
     """Fine-tune with RECIPE_FILE; results go to a new run directory.
 
     Ctrl-C or SIGTERM stops at once; the run directory keeps the last finished
@@ -73,18 +81,21 @@ def run(recipe_file, data, overrides, params_file, output, resume, force, strate
     from kft.runs import runner
 
     recipe = _load(recipe_file)
-    if resume and (overrides or data or params_file):
-        raise KftError(
-            "--resume continues with the run's saved hyperparameters; drop --set/--data/--params.")
+    if resume and (overrides or data or params_file or track):
+        raise KftError("--resume continues with the run's saved hyperparameters; "
+                       "drop --set/--data/--params/--track.")
     if force and not resume:
         raise KftError("--force only applies to --resume.")
     if params_file:
         from kft.runs.recipe import read_params
 
         overrides = [*read_params(params_file, recipe).items(), *overrides]
+    if track:
+        overrides = [*overrides, f"tracking={track}"]
     with _sigterm_as_interrupt():
         runner.run(recipe, overrides=with_strategy(overrides, strategy), data=data,
-                   output=output, resume=resume, force=force)
+                   output=output, resume=resume, force=force, tracking_uri=tracking_uri,
+                   experiment=experiment)
 
 
 @main.command(cls=_RecipeCommand)
@@ -163,18 +174,91 @@ def lr_find(recipe_file, stage, data, overrides, output, steps, start_lr, end_lr
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--to", "base_dir", required=True, type=click.Path(file_okay=False),
-              help="TF Serving model base folder; the export goes to BASE/NAME/VERSION.")
+              help="Base folder; the export goes to BASE/NAME/VERSION (TF Serving's layout, "
+                   "and Triton's for ONNX).")
+@click.option("--format", "export_format", type=click.Choice(["serving", "onnx"]),
+              default="serving", show_default=True,
+              help="serving: a TF Serving SavedModel; onnx: model.onnx (images or token ids in).")
 @click.option("--name", help="Model name (default: the run's recipe name).")
 @click.option("--version", type=int, help="Version number (default: the next free one).")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Post-training quantization.")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, exists=True),
               help="The run's recipe, for calibration data (default: RUN_DIR/recipe.py).")
-def export(run_dir, base_dir, name, version, quantize, recipe_file):
-    """Export RUN_DIR's model for TF Serving (raw image bytes or strings in)."""
-    from kft.export import export_run
+def export(run_dir, base_dir, export_format, name, version, quantize, recipe_file):
+    """Export RUN_DIR's model for TF Serving (raw image bytes or strings in) or as ONNX."""
+    from kft.export import export_run, export_run_onnx
 
-    export_run(run_dir, base_dir, name=name, version=version, quantize=quantize,
-               recipe=recipe_file, verbose=True)
+    exporter = export_run_onnx if export_format == "onnx" else export_run
+    exporter(run_dir, base_dir, name=name, version=version, quantize=quantize,
+             recipe=recipe_file, verbose=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("inputs", nargs=-1)
+@click.option("--text", "texts", multiple=True, help="A text to predict (text and token runs); repeatable.")
+@click.option("--column", default="text", show_default=True,
+              help="The column (key) of CSV/TSV/JSONL inputs holding the text.")
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Labels to show per input, most likely first.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Also write the predictions to FILE.csv or FILE.jsonl.")
+def predict(run_dir, inputs, texts, column, top, batch_size, output):
+    """Predict INPUTS with RUN_DIR's model: image files or folders, or text files
+    (a text per line), CSV/JSONL columns and - for stdin."""
+    from kft import inference
+
+    if output and not output.endswith((".csv", ".jsonl")):
+        raise KftError(f"--output {output}: write predictions to a .csv or .jsonl file.")
+    run = inference.load(run_dir)
+    with _progress_bar() as progress:
+        found = inference.predict(run, inputs, texts=texts, column=column, top=top,
+                                  batch_size=batch_size, progress=progress)
+    Console().predictions(found)
+    if output:
+        found.write(output)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--data", required=True,
+              help="Labelled data: an image folder (a subfolder per class), a CSV/TSV/JSONL "
+                   "file of texts and labels, or a CoNLL file for a token run.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+def evaluate(run_dir, data, text_column, label_column, batch_size):
+    """Score RUN_DIR's model on new labelled data; results go to RUN_DIR/evaluations/."""
+    from kft import inference
+
+    scored = inference.evaluate(run_dir, data, text_column=text_column,
+                                label_column=label_column, batch_size=batch_size)
+    Console().evaluated(scored)
+
+
+# Inputs above which `kft predict` shows a progress bar.
+_LONG_INPUT = 256
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """A progress callback drawing a bar on a terminal's stderr for long inputs."""
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None and total > _LONG_INPUT and sys.stderr.isatty():
+            bar = click.progressbar(length=total, label="Predicting", file=sys.stderr,
+                                    show_pos=True)
+        if bar is not None:
+            bar.update(done - bar.pos)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.render_finish()
 
 
 def _load(recipe_file):

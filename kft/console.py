@@ -207,6 +207,39 @@ class Console:
                 f"({100.0 * trainable / max(plan.total, 1):.1f}%)"
             )
 
+    # ------------------------------------------------------ predict, evaluate
+
+    def predictions(self, found):
+        """One line per input: its label and probability (top-K), or its tags."""
+        if found.kind == "token":
+            for row in found.rows:
+                self.line(f"{row.input}: " + " ".join(
+                    f"{word}/{tag}" for word, tag in zip(row.text.split(), row.tags)))
+        else:
+            rows = [[row.input if found.kind == "image" else _shortened(row.text)]
+                    + [f"{label} {probability:.4f}" for label, probability in row.top]
+                    for row in found.rows]
+            ranks = max(len(row) for row in rows) - 1
+            header = ["input"] + ["label probability" if rank == 0 else f"#{rank + 1}"
+                                  for rank in range(ranks)]
+            self.line(table(header, rows))
+        if found.skipped:
+            shown = ", ".join(found.skipped[:3])
+            more = f" and {len(found.skipped) - 3} more" if len(found.skipped) > 3 else ""
+            self.warning(f"Skipped {len(found.skipped)} unreadable file(s): {shown}{more}")
+
+    def evaluated(self, scored):
+        if scored.metrics:
+            self.line("Recipe metrics: " + ", ".join(
+                f"{key} {value:.4f}" for key, value in scored.metrics.items()))
+        if scored.report is not None:
+            self.line(scored.report.format())
+        if scored.entities is not None:
+            self.line(scored.entities.table())
+        if scored.skipped:
+            self.warning(f"Skipped {len(scored.skipped)} unreadable file(s).")
+        self.line(f"{scored.examples} examples; results in {scored.folder}")
+
     def learning_rate_found(self, result, run_dir):
         self.line(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
                   f"{result.valley:.2e} (valley)")
@@ -215,11 +248,41 @@ class Console:
     def exported(self, model_file, path):
         self.line(f"Exported {model_file} to {path}")
 
+    def exported_onnx(self, report, model_file=None):
+        """Where an ONNX export went, its sizes and accuracies (a `kft.export.onnx` report)."""
+        source = f"{model_file} " if model_file else ""
+        self.line(f"Exported {source}to {report.folder} as ONNX "
+                  f"(max difference to Keras {report.max_abs_difference:.1e} on "
+                  f"{report.checked_examples} inputs)")
+        rows = [("float ONNX", report.model_file, report.model_bytes, report.float_accuracy)]
+        if report.int8_file is not None:
+            rows.append(("int8 ONNX", report.int8_file, report.int8_bytes, report.int8_accuracy))
+        self.line("artifact     file               size        val_accuracy")
+        for name, path, size, accuracy in rows:
+            shown = "not measured" if accuracy is None else f"{accuracy:.4f}"
+            self.line(f"{name:<12} {path.name:<18} {size / 1e6:>7.2f} MB   {shown}")
+
     def quantization(self, report):
         """Sizes and accuracies of the float and int8 exports."""
         from kft.export import quantize
 
         self.line(quantize.format_report(report))
+
+    # -------------------------------------------------------------- tracking
+
+    def tracking_started(self, uri, experiment, run_id, resumed=False):
+        """Where a run's MLflow record is (`kft.tracking`)."""
+        verb = "continues" if resumed else "logs to"
+        self.line(f"MLflow: {verb} run {run_id} of experiment {experiment!r} at {uri}")
+
+    def tracking_failed(self, uri, error):
+        """The one warning of a tracking failure; training goes on without it."""
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else type(error).__name__
+        where = uri or "the default store"
+        self.warning(f"MLflow tracking at {where} failed and is off for this run "
+                     f"({type(error).__name__}: {reason}); training goes on, the run "
+                     "directory keeps every result.")
 
 
 def error(message):
@@ -276,6 +339,11 @@ def short_value(value):
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _shortened(text, width=50):
+    """A text cut to `width` characters for a table cell."""
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _metric(value):

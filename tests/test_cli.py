@@ -74,6 +74,25 @@ def test_a_run_resumes_after_sigkill(image_folder, tmp_path):
     assert json.loads((run_dir / "state.json").read_text())["epoch"] == 4
     assert (run_dir / "model.keras").is_file()
 
+    # The finished run predicts and scores new data.
+    predicted = kft("predict", run_dir, image_folder / "dog", "--top", "2", "--output",
+                    "dogs.csv", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert "Skipped 1 unreadable file(s)" in predicted.stdout
+    with open(tmp_path / "dogs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and {row["label"] for row in rows} <= {"cat", "dog"}
+    assert all(row["input"] in predicted.stdout for row in rows)
+    scored = kft("evaluate", run_dir, "--data", image_folder, cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert "Recipe metrics: accuracy" in scored.stdout and "24 examples" in scored.stdout
+    (evaluated,) = (run_dir / "evaluations").iterdir()
+    assert json.loads((evaluated / "metrics.json").read_text())["skipped"]
+    (tmp_path / "notes.txt").write_text("a text\n")
+    wrong = kft("predict", run_dir, "notes.txt", cwd=tmp_path)
+    assert wrong.returncode == 2 and "this run classifies images" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
 
 def test_help_and_info_list_the_recipe_hyperparameters(tmp_path):
     for args in (["run", TINY, "--help"], ["info", TINY, "--params-only"]):

@@ -101,7 +101,7 @@ def from_folder(path, image_size, batch_size=32, validation_split=0.2, seed=0, v
     paths = [str(file) for file, _ in files]
     labels = np.array([label for _, label in files], np.int32)
 
-    images, readable = _read_images(paths, image_size)
+    images, readable = read_images(paths, image_size)
     skipped = [file for file, ok in zip(paths, readable) if not ok]
     if skipped:
         images, labels, held_out = images[readable], labels[readable], held_out[readable]
@@ -296,9 +296,9 @@ def _class_files(folder):
     subfolders = sorted(
         entry for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith(".")
     )
-    per_class = {entry.name: _image_files(entry) for entry in subfolders}
+    per_class = {entry.name: image_files(entry) for entry in subfolders}
     if not any(per_class.values()):
-        loose = "" if not _image_files(folder) else " Its images must go in a subfolder per class."
+        loose = "" if not image_files(folder) else " Its images must go in a subfolder per class."
         raise KftError(
             f"Image folder {folder} has no class subfolders with images "
             f"({', '.join(EXTENSIONS)}).{loose} Lay it out as {folder}/CLASS_NAME/IMAGE."
@@ -321,7 +321,8 @@ def _class_files(folder):
     return class_names, files
 
 
-def _image_files(folder):
+def image_files(folder):
+    """Every image file under `folder`, recursively, in a stable order (hidden ones skipped)."""
     files = []
     for root, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -333,8 +334,20 @@ def _image_files(folder):
     return files
 
 
-def _read_images(paths, image_size):
-    """Decodes and resizes every file in threads; returns images and a readable mask."""
+def read_images(paths, image_size):
+    """Decodes and resizes image files as training does, in threads.
+
+    EXIF orientation is applied, greys and palettes become RGB, and each
+    image is resized to `image_size` (bilinear).
+
+    Args:
+        paths: image files.
+        image_size: `(height, width)`.
+
+    Returns:
+        `(images, readable)`: uint8 `[N, height, width, 3]` (zeros where a
+        file could not be read) and a boolean mask of the files read.
+    """
     images = np.zeros((len(paths), *image_size, 3), np.uint8)
     readable = np.zeros(len(paths), bool)
 

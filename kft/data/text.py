@@ -133,6 +133,20 @@ def read_file(path, text_column="text", label_column="label", multi_label=False)
     return rows.texts, rows.labels
 
 
+def read_texts(path, text_column="text"):
+    """Reads the texts of a CSV, TSV or JSON Lines file, without labels (to predict).
+
+    Args:
+        path: a `.csv`, `.tsv`, `.jsonl` or `.ndjson` file.
+        text_column: the column (key) holding the text.
+
+    Returns:
+        `(texts, places)`: the texts and `"file, line N"` for each.
+    """
+    rows = _read_rows(path, text_column, None, multi_label=False)
+    return rows.texts, rows.where
+
+
 def from_file(
     path,
     text_column="text",
@@ -289,22 +303,26 @@ def _read_rows(path, text_column, label_column, multi_label):
     if not path.is_file():
         raise KftError(f"Data file {path} does not exist.")
     rows = _Rows([], [], [])
+    # Without a label column: texts to predict.
+    columns = (text_column,) if label_column is None else (text_column, label_column)
     with open(path, newline="", encoding="utf-8") as handle:
         if kind == "jsonl":
             records = _json_lines(handle, path)
         else:
-            records = _table_rows(handle, path, kind, (text_column, label_column))
+            records = _table_rows(handle, path, kind, columns)
         for line, record in records:
             place = f"{path}, line {line}"
-            for column in (text_column, label_column):
+            for column in columns:
                 if column not in record:
                     raise KftError(
                         f"{place} has no {column!r} field; it has {', '.join(map(repr, record))}. "
                         "Name the columns with text_column= and label_column=."
                     )
-            text, label = record[text_column], record[label_column]
+            text, label = record[text_column], record.get(label_column, "")
             _check_text(text, place)
-            if label is None or (isinstance(label, str) and not label.strip()):
+            if label_column is None:
+                label = None
+            elif label is None or (isinstance(label, str) and not label.strip()):
                 raise KftError(f"{place}: the label ({label_column!r}) is empty.")
             if multi_label and isinstance(label, str):
                 label = [part.strip() for part in label.split(LABEL_SEPARATOR) if part.strip()]
