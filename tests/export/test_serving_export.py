@@ -495,3 +495,9 @@ def test_a_token_classifier_serves_tags_per_word(tiny_bert_dir, tmp_path):
     assert served["tags"][2][1:] == [""] * 6  # padding past the sentence's one word
     with pytest.raises(KftError, match="export a token classifier in float"):
         kft.export.serving(model, tmp_path / "models", quantize="int8")
+
+
+def test_an_export_is_quiet_unless_verbose(exported, tmp_path, capsys):
+    kft.export.serving(exported.image_model, tmp_path, name="m", labels=LABELS)
+    kft.export.onnx(exported.image_model, tmp_path / "onnx", labels=LABELS)
+    assert capsys.readouterr().out == ""

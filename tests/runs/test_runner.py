@@ -21,9 +21,9 @@ class _Snapshot(keras.callbacks.Callback):
         self.weights = {v.path: keras.ops.convert_to_numpy(v).copy() for v in self.model.weights}
 
 
-def _run(stages, **params):
+def _run(stages, verbose=True, **params):
     x, y = random_images(48)
-    return runner.run(Recipe(
+    return runner.run(verbose=verbose, recipe=Recipe(
         name="tiny",
         params=dict(seed=0, **params),
         data=lambda p: images.from_arrays(x, y, batch_size=8, seed=p.seed),
@@ -106,3 +106,10 @@ def test_gradual_unfreezing_inside_a_stage_trains_the_backbone_top_down(run_in_t
     assert not np.array_equal(before["block2_conv/kernel"], after["block2_conv/kernel"])
     # One unfreeze point: the lowest convolution never trained.
     np.testing.assert_array_equal(before["block1_conv/kernel"], after["block1_conv/kernel"])
+
+
+def test_library_runs_are_quiet_unless_verbose(run_in_tmp, capsys):
+    _run([Stage("all", epochs=1, train="all", lr=0.05)], verbose=False)
+    assert capsys.readouterr().out == ""
+    _run([Stage("all", epochs=1, train="all", lr=0.05)])
+    assert "Summary" in capsys.readouterr().out
