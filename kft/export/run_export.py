@@ -46,10 +46,7 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None,
     ```
     """
     run = pathlib.Path(run_dir)
-    model_file = final_model_of(run)
-    params = _read_json(run / "params.json", {})
-    labels = _read_json(run / "labels.json", None)
-    metrics = _read_json(run / "metrics.json", {})
+    model_file, params, labels, metrics = _run_files(run)
 
     representative = validation = None
     if quantize:
@@ -110,10 +107,7 @@ def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=
     from kft.export import versions
 
     run = pathlib.Path(run_dir)
-    model_file = final_model_of(run)
-    params = _read_json(run / "params.json", {})
-    labels = _read_json(run / "labels.json", None)
-    metrics = _read_json(run / "metrics.json", {})
+    model_file, params, labels, metrics = _run_files(run)
     model = _load_model(model_file)
     folder = versions.model_dir(to, name or _recipe_name(run) or model.name)
     versions.check_version(folder, version)
@@ -133,6 +127,12 @@ def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=
     )
     Console(verbose).exported_onnx(report, model_file)
     return report
+
+
+def _run_files(run):
+    """A finished run's model file, params, labels and metrics (what exports record)."""
+    return (final_model_of(run), _read_json(run / "params.json", {}),
+            _read_json(run / "labels.json", None), _read_json(run / "metrics.json", {}))
 
 
 def _read_json(path, default):

@@ -19,6 +19,7 @@ from kft.runs import recipe as recipes
 from kft.runs import runner
 from tests.helpers.cli import TINY, kft as kft_command, write_pet_images
 from tests.helpers.tiny_models import random_images, tiny_image_model
+from tests.helpers.tiny_models import trained_quantization_subject
 
 LABELS = ["dark", "mid", "bright"]
 TEXTS = np.array(["the movie was good", "a terrible , boring film", "i loved it !", "bad",
@@ -87,12 +88,7 @@ def _onnx_ops(path):
 
 @pytest.fixture(scope="module")
 def image_export(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    model = tiny_image_model(len(LABELS), 16)
-    train_x, train_y = random_images(96, seed=0)
-    val_x, val_y = random_images(30, seed=1)
-    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
-    model.fit(train_x, train_y, epochs=4, batch_size=16, verbose=0)
+    model, (train_x, train_y), (val_x, val_y) = trained_quantization_subject(len(LABELS), 16)
     folder = tmp_path_factory.mktemp("onnx") / "tiny"
     batches = tf.data.Dataset.from_tensor_slices((train_x, train_y)).batch(16)
     report = kft.export.onnx(model, folder, labels=LABELS, quantize="int8",

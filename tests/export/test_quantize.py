@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import kft.export
 from kft.export import tflite
-from tests.helpers.tiny_models import random_images, tiny_image_model
+from tests.helpers.tiny_models import trained_quantization_subject
 
 LABELS = ["dark", "mid", "bright"]
 
@@ -21,12 +21,7 @@ def _weights(model):
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    model = tiny_image_model(len(LABELS), 16)
-    train_x, train_y = random_images(96, seed=0)
-    val_x, val_y = random_images(30, seed=1)
-    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
-    model.fit(train_x, train_y, epochs=4, batch_size=16, verbose=0)
+    model, (train_x, train_y), (val_x, val_y) = trained_quantization_subject(len(LABELS), 16)
     before = _weights(model)
     base = tmp_path_factory.mktemp("quantized")
     # Training batches as kft.data delivers them: (uint8 images, labels).

@@ -128,3 +128,15 @@ def random_images(count, image_size=16, num_classes=3, seed=0):
     base = (labels * (200 // max(num_classes - 1, 1)))[:, None, None, None]
     noise = rng.integers(0, 50, size=(count, image_size, image_size, 3))
     return np.clip(base + noise, 0, 255).astype("uint8"), labels.astype("int32")
+
+
+def trained_quantization_subject(num_classes=3, image_size=16):
+    """A tiny image classifier trained a few epochs, with the data to calibrate
+    and validate its int8 export on: `(model, (train_x, train_y), (val_x, val_y))`."""
+    keras.utils.set_random_seed(0)
+    model = tiny_image_model(num_classes, image_size)
+    train = random_images(96, image_size, num_classes, seed=0)
+    validation = random_images(30, image_size, num_classes, seed=1)
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    model.fit(*train, epochs=4, batch_size=16, verbose=0)
+    return model, train, validation
