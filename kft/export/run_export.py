@@ -46,13 +46,13 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None,
     ```
     """
     run = pathlib.Path(run_dir)
-    model_file, params, labels, metrics = _run_files(run)
+    model_file, params, labels, metrics = run_files(run)
 
     representative = validation = None
     if quantize:
-        data = _training_data(run, params, recipe)
+        data = recipe_data(run, params, recipe, "quantize='int8' calibrates on the run's training images")
         representative, validation = data.train, data.validation
-    model = _load_model(model_file)
+    model = load_model(model_file)
     path = serving(
         model, to, name=name or _recipe_name(run) or model.name, version=version,
         labels=labels, quantize=quantize, representative_data=representative,
@@ -107,13 +107,13 @@ def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=
     from kft.export import versions
 
     run = pathlib.Path(run_dir)
-    model_file, params, labels, metrics = _run_files(run)
-    model = _load_model(model_file)
+    model_file, params, labels, metrics = run_files(run)
+    model = load_model(model_file)
     folder = versions.model_dir(to, name or _recipe_name(run) or model.name)
     versions.check_version(folder, version)
     representative = validation = None
     if quantize:
-        data = _training_data(run, params, recipe)
+        data = recipe_data(run, params, recipe, "quantize='int8' calibrates on the run's training images")
         representative, validation = data.train, data.validation
     report = onnx_export.publish(
         model, lambda write: versions.publish_version(folder, version, write), folder,
@@ -129,7 +129,7 @@ def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=
     return report
 
 
-def _run_files(run):
+def run_files(run):
     """A finished run's model file, params, labels and metrics (what exports record)."""
     return (final_model_of(run), _read_json(run / "params.json", {}),
             _read_json(run / "labels.json", None), _read_json(run / "metrics.json", {}))
@@ -151,16 +151,27 @@ def _recipe_name(run):
     return match.group("recipe") if match else None
 
 
-def _training_data(run, params, recipe):
+def recipe_data(run, params, recipe, purpose):
+    """The data the run's recipe builds with the run's hyperparameters.
+
+    Args:
+        run: the run directory, a `pathlib.Path`.
+        params: the run's resolved hyperparameters (`params.json`).
+        recipe: a `kft.Recipe`, the path of its file, or `None` for the
+            run's copy (`run/recipe.py`).
+        purpose: what the data is for, to start the error message with.
+
+    Returns:
+        What `recipe.build_data` returns (with `.train` and `.validation`).
+    """
     from kft.runs import recipe as recipes
 
     if recipe is None:
         copy = run / RECIPE_COPY
         if not copy.is_file():
             raise KftError(
-                "quantize='int8' calibrates on the run's training images: pass the "
-                f"recipe the run was trained with (recipe=FILE); {run} holds no copy "
-                f"of it ({RECIPE_COPY})."
+                f"{purpose}: pass the recipe the run was trained with (recipe=FILE); "
+                f"{run} holds no copy of it ({RECIPE_COPY})."
             )
         recipe = copy
     if not isinstance(recipe, recipes.Recipe):
@@ -171,7 +182,7 @@ def _training_data(run, params, recipe):
     return data
 
 
-def _load_model(path):
+def load_model(path):
     from kft import saving
 
     try:

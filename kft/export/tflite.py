@@ -1,8 +1,8 @@
-"""Full-integer int8 TFLite files for image classifiers, calibrated on training images.
+"""TFLite files for image classifiers: float, and full int8 calibrated on training images.
 
-Weights and activations are int8 (TFLite's builtin int8 kernels only, no
-float fallback); activation ranges come from a representative set of
-training images. The file takes raw `uint8 [batch, H, W, C]` images, as the
+In the int8 file weights and activations are int8 (TFLite's builtin int8
+kernels only, no float fallback); activation ranges come from a
+representative set of training images. Both files take raw `uint8 [batch, H, W, C]` images, as the
 Keras model does (the model's own input scaling is inside), and returns
 float32 `probabilities`.
 """
@@ -31,6 +31,23 @@ def write_int8_tflite(model, path, calibration_images):
     Returns:
         The file's size in bytes.
     """
+    return _write_tflite(model, path, calibration_images)
+
+
+def write_float_tflite(model, path):
+    """Converts an image classifier to a float32 TFLite file (no quantization).
+
+    Args:
+        model: a float Keras image classifier (one image input).
+        path: the `.tflite` file to write.
+
+    Returns:
+        The file's size in bytes.
+    """
+    return _write_tflite(model, path, None)
+
+
+def _write_tflite(model, path, calibration_images):
     input_shape = tuple(model.inputs[0].shape[1:])
     dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
     with tempfile.TemporaryDirectory(prefix="kft-tflite-") as source:
@@ -43,20 +60,22 @@ def write_int8_tflite(model, path, calibration_images):
         )
         archive.write_out(source, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(source)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if calibration_images is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
-        def representative_dataset():
-            for image in calibration_images:
-                yield {"images": image[None]}
+            def representative_dataset():
+                for image in calibration_images:
+                    yield {"images": image[None]}
 
-        converter.representative_dataset = representative_dataset
+            converter.representative_dataset = representative_dataset
+        mode = "float" if calibration_images is None else "full int8"
         try:
             with _quiet_interpreter():  # The converter calibrates with it.
                 content = converter.convert()
         except Exception as error:  # The converter raises several unrelated types.
             raise KftError(
-                f"TFLite could not convert {model.name!r} to full int8: {error}"
+                f"TFLite could not convert {model.name!r} to {mode}: {error}"
             ) from error
     pathlib.Path(path).write_bytes(content)
     return len(content)

@@ -1,10 +1,13 @@
-"""Using what a run trained: predictions on new inputs and scores on new labelled data.
+"""Using what a run trained: predictions, scores on new labelled data, serving cost.
 
 `load(RUN_DIR)` opens a run directory's final model once; `predict` and
 `evaluate` take it (or the run directory) and return results for the CLI
-(`kft predict`, `kft evaluate`) or your code to show.
+(`kft predict`, `kft evaluate`) or your code to show. `measure_cost(RUN_DIR)`
+times the model in every export format (`kft bench`).
 """
 
+from kft.inference.cost import InferenceCost
+from kft.inference.cost import measure as measure_cost
 from kft.inference.evaluate import Evaluation
 from kft.inference.evaluate import evaluate
 from kft.inference.predict import Prediction
