@@ -309,7 +309,11 @@ def _measure_one(name, path, inputs_file, kind, batch_size, seconds, latency_cal
         "format": name, "path": str(path), "inputs": str(inputs_file),
         "batch_size": batch_size, "seconds": seconds, "latency_calls": latency_calls,
     }))
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+    # The Keras worker imports the same kft as this process, installed or not.
+    source = str(pathlib.Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore",
+                   "PYTHONPATH": path}
     process = subprocess.run([sys.executable, str(_WORKER), str(request)], env=environment,
                              capture_output=True, text=True)
     lines = process.stdout.strip().splitlines()
