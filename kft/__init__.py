@@ -17,6 +17,7 @@ from kft import inference
 from kft import layers
 from kft import optimizers
 from kft import peft
+from kft import regularizers
 from kft import saving
 from kft import schedules
 from kft import select

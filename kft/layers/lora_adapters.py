@@ -11,10 +11,13 @@ The base kernel is never trained and is saved unmerged next to the adapters,
 so a saved model keeps both apart and training continues after loading.
 """
 
+import collections
+import contextlib
 import dataclasses
 import math
 import numbers
 import re
+import threading
 
 import keras
 import numpy as np
@@ -30,6 +33,9 @@ INITS = ("kaiming_uniform", "gaussian")
 # kernel to factorize against.
 _LORA_MODES = (None, "int8", "int4")
 _DORA_MODES = (None, "int8")
+# Layers whose adapters are switched off (`adapters_switched_off`), per
+# thread: under a MirroredStrategy each replica traces in its own thread.
+_SWITCHED_OFF = threading.local()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,7 +370,8 @@ class LoRAAdapters:
 
     def _add_adapter_output(self, outputs, inputs, training):
         adapter = self._adapters.get(self._active_adapter)
-        if adapter is not None and self._merged_adapter is None:
+        switched_off = id(self) in getattr(_SWITCHED_OFF, "counts", ())
+        if adapter is not None and self._merged_adapter is None and not switched_off:
             spec = adapter.spec
             x = inputs
             if training and spec.dropout > 0:
@@ -407,6 +414,24 @@ class LoRAAdapters:
         return ops.multiply(
             self._factors_to_kernel(adapter.a, adapter.b), adapter.spec.scaling
         )
+
+    def adapted_kernel(self):
+        """The float kernel the layer computes with: the base plus the active,
+        unmerged adapter's update (DoRA: `m * V / ||V||` per output unit,
+        `V = W + scale * A @ B`), differentiable in the adapter's variables.
+
+        The base must be float or int8.
+        """
+        kernel = self._float_kernel()
+        adapter = self._adapters.get(self._active_adapter)
+        if adapter is None or self._merged_adapter is not None:
+            return kernel
+        kernel = ops.add(kernel, self.delta_kernel())
+        if adapter.spec.dora:
+            kernel = self._scale_kernel(
+                kernel, ops.divide(adapter.magnitude, self._output_norm(kernel))
+            )
+        return kernel
 
     def merge(self):
         """Folds the active adapter into the base kernel (float bases only)."""
@@ -642,6 +667,30 @@ class LoRAAdapters:
             magnitude = new.adapter_variables(adapter_name)["lora_magnitude"]
             magnitude.assign(new._output_norm(new._float_kernel()))
         return new
+
+
+@contextlib.contextmanager
+def adapters_switched_off(layers):
+    """Inside the `with`, `layers` (LoRA layers) compute their base only.
+
+    Nothing about the layers changes (active adapter, trainable flags,
+    traced functions): their `call` leaves the adapter out while the block
+    runs, in this thread only. So a train step can run the same model with
+    and without its adapters; a function traced inside keeps the base-only
+    graph. `kft.peft.without_adapters(model)` is the model-level form.
+    """
+    counts = getattr(_SWITCHED_OFF, "counts", None)
+    if counts is None:
+        counts = _SWITCHED_OFF.counts = collections.Counter()
+    keys = [id(layer) for layer in layers]
+    counts.update(keys)
+    try:
+        yield
+    finally:
+        counts.subtract(keys)
+        for key in keys:
+            if counts[key] <= 0:
+                del counts[key]
 
 
 def adapter_init_args(

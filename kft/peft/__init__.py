@@ -16,6 +16,7 @@ from kft.peft.lora import lora_layers
 from kft.peft.lora import merge
 from kft.peft.lora import set_adapter
 from kft.peft.lora import unmerge
+from kft.peft.lora import without_adapters
 # The .keras loader lives in kft.saving; this name stays for old code.
 from kft.saving import load_model
 from kft.peft.prompt_tuning import apply_prompt_tuning

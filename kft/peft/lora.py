@@ -9,11 +9,14 @@ After anything here changes what trains (`apply_lora`, `set_adapter`), call
 train step over the trainable variables it finds at compile time.
 """
 
+import contextlib
+
 from keras import ops
 
 from kft.errors import KftError
 from kft.layers.lora_adapters import AdapterSpec
 from kft.layers.lora_adapters import LoRAAdapters
+from kft.layers.lora_adapters import adapters_switched_off
 from kft.layers.lora_adapters import check_adapter_name
 from kft.layers.lora_conversion import add_lora_adapter
 from kft.layers.lora_conversion import is_adaptable
@@ -187,6 +190,41 @@ def set_adapter(model, adapter_name):
     for _, layer in layers:
         layer.set_active_adapter(adapter_name)
     reset_compiled_functions(model)
+
+
+@contextlib.contextmanager
+def without_adapters(model):
+    """Inside the `with`, `model` computes as its base model: every LoRA
+    layer leaves its adapter out (PEFT's `disable_adapter()`).
+
+    Unlike `set_adapter(model, None)`, nothing changes on the model (active
+    adapter, what trains, traced functions), so one train step can call the
+    model with and without its adapters; no second copy of the weights is
+    made. Call the model itself inside (`model(x)`): a `predict` or `fit`
+    function traced before the `with` keeps the adapters.
+
+    Args:
+        model: a model with LoRA layers, none of them merged.
+
+    Raises:
+        KftError: no LoRA layers, or an adapter is merged into a kernel
+            (its update is in the base weights then: `unmerge` first).
+
+    Example:
+    ```python
+    with kft.peft.without_adapters(model):
+        base_outputs = model(x, training=False)
+    ```
+    """
+    layers = _require_lora(model)
+    merged = [p for p, l in layers if l.merged_adapter is not None]
+    if merged:
+        raise KftError(
+            f"An adapter is merged into {merged[:5]}; its update is part of the base "
+            "kernel, so it cannot be left out: unmerge(model) first."
+        )
+    with adapters_switched_off([layer for _, layer in layers]):
+        yield
 
 
 def delete_adapter(model, adapter_name):

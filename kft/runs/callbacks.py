@@ -88,9 +88,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 class StageCSVLogger(keras.callbacks.Callback):
     """Appends one row per epoch to `history.csv`, tagged with the stage.
 
-    Unlike `keras.callbacks.CSVLogger`, the columns are fixed by the first
-    row and later stages append to the same file, so a resumed run and a
-    staged plan give one continuous history.
+    Unlike `keras.callbacks.CSVLogger`, later stages append to the same file,
+    so a resumed run and a staged plan give one continuous history. The
+    columns are the first row's; a metric that first appears in a later
+    stage (a regulariser's penalty) adds a column, empty in earlier rows.
     """
 
     def __init__(self, path, stage_name):
@@ -106,6 +107,10 @@ class StageCSVLogger(keras.callbacks.Callback):
         if exists:
             with open(self.path, newline="") as handle:
                 fields = next(csv.reader(handle))
+            new = [key for key in row if key not in fields]
+            if new:
+                self._add_columns(fields + new)
+                fields += new
         else:
             fields = list(row)
         with open(self.path, "a", newline="") as handle:
@@ -113,3 +118,14 @@ class StageCSVLogger(keras.callbacks.Callback):
             if not exists:
                 writer.writeheader()
             writer.writerow(row)
+
+    def _add_columns(self, fields):
+        with open(self.path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        folder, name = os.path.split(self.path)
+        tmp = os.path.join(folder, f".{name}.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)

@@ -60,6 +60,15 @@ class Stage:
             when nothing below the head trains or is random. `None` means
             whenever it is safe.
         callbacks: extra Keras callbacks for this stage.
+        regularize: keep what the pretrained model knew during this stage
+            (`kft.regularizers`): `"l2sp:ALPHA"` or `"l2sp:ALPHA,BETA"`
+            (weights that train pulled towards their values at the stage's
+            start; BETA: plain L2 on the new head), `"kl:WEIGHT"` (KL to the
+            pretrained outputs), `"features:WEIGHT"` (distance to the
+            pretrained backbone features), a `kft.regularizers` object, or
+            `None`. The history logs the penalty (`l2sp_penalty`, ...);
+            `loss` includes it, `val_loss` does not. KL and features run the
+            backbone on every batch, so they turn feature caching off.
     """
 
     name: str
@@ -74,6 +83,7 @@ class Stage:
     train_bn: bool = False
     cache_features: Optional[bool] = None
     callbacks: Sequence[Any] = ()
+    regularize: Any = None
 
     def __post_init__(self):
         # Checked here, when the recipe's stages() builds the plan: before
@@ -290,6 +300,26 @@ def _stage_problem(stage):
     if isinstance(stage.callbacks, (str, bytes)) or not all(
             callable(getattr(callback, "set_model", None)) for callback in stage.callbacks):
         return f"callbacks must be a list of Keras callbacks, got {stage.callbacks!r}."
+    return _regularize_problem(stage)
+
+
+def _regularize_problem(stage):
+    from kft import regularizers
+    from kft.runs.stages import unfreezes_gradually
+
+    try:
+        regularizer = regularizers.from_spec(stage.regularize)
+    except KftError as error:
+        return str(error)
+    if regularizer is None:
+        return None
+    if regularizer.needs_inputs and stage.cache_features:
+        return (f"regularize={stage.regularize!r} compares the model with the pretrained "
+                "one on every batch, so the backbone must run: cache_features=True does "
+                "not combine with it (leave it None).")
+    if unfreezes_gradually(stage):
+        return (f"regularize={stage.regularize!r} does not combine with GradualUnfreezing: "
+                "a regulariser covers what trains when the stage starts.")
     return None
 
 

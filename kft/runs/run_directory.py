@@ -11,6 +11,8 @@ runs/<recipe>-<YYYYmmdd-HHMMSS>/
   tensorboard/       TensorBoard logs
   checkpoints/       last.keras (every epoch) and best.keras (best validation)
   model.keras        the final model
+  regularizers/      stage-N.npz: what a regularised stage compares against (its start),
+                     for a resume in the middle of the stage
   metrics.json       final and best validation metrics, per-stage summary
   curves.png         loss and accuracy per epoch, stage boundaries marked
 ```

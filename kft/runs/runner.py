@@ -1,8 +1,8 @@
 """Runs a recipe stage by stage into a run directory, and resumes it.
 
 The orchestration only: what each stage trains is `kft.runs.stages`, how it
-compiles `kft.runs.compiling`, what the run reports `kft.runs.results`, what
-it prints `kft.console`.
+compiles `kft.runs.compiling`, how it regularises `kft.runs.regularizing`,
+what the run reports `kft.runs.results`, what it prints `kft.console`.
 """
 
 import dataclasses
@@ -22,6 +22,7 @@ from kft.errors import KftError
 from kft.errors import TrainingDiverged
 from kft.runs import callbacks as run_callbacks
 from kft.runs import history
+from kft.runs import regularizing
 from kft.runs import results
 from kft.runs import stages as stage_plan
 from kft.runs.compiling import compile_stage
@@ -222,7 +223,8 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
         out.stage_header(index, len(stages), stage, trainable, model.count_params())
         # A checkpoint from the end of the previous stage holds that stage's
         # optimizer; only one from within this stage carries on.
-        if not (resumed and model.compiled and state["epoch"] > starts[index]):
+        mid_stage = resumed and state["epoch"] > starts[index]
+        if not (mid_stage and model.compiled):
             compile_stage(model, recipe, stage,
                           steps_per_epoch=stage_plan.steps_per_epoch(data),
                           accumulate=params.accumulate)
@@ -231,7 +233,7 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
                 freezing.prepare_optimizer(model)
         resumed = False
         fitted = _fit_stage(recipe, model, data, stage, starts[index], state, run_dir, params,
-                            out, tracker)
+                            out, tracker, index=index, mid_stage=mid_stage)
         stage_rows.append({
             "name": stage.name, "epochs": stage.epochs, "seconds": time.time() - began,
             "trainable": trainable,
@@ -285,7 +287,8 @@ def _record_failure(run_dir, state, error, discard, out, tracker):
         error.args = (f"{error} {note}",)
 
 
-def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, tracker):
+def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, tracker,
+               index=0, mid_stage=False):
     checkpoint = run_callbacks.RunCheckpoint(
         run_dir, state, stage.name, monitor=recipe.monitor,
         mode=monitor_mode(recipe.monitor, recipe.metrics, recipe.monitor_mode))
@@ -300,9 +303,16 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, t
     ]
     callbacks += recipe.build_callbacks(params)
     callbacks += list(stage.callbacks)
-    fit_model, train, validation = _cached_head(model, data, stage, params, out)
+    regularizer = regularizing.stage_regularizer(stage)
+    needs_backbone = regularizer is not None and regularizer.needs_inputs
+    fit_model, train, validation = _cached_head(model, data, stage, params, out, needs_backbone)
+    if regularizer is not None:
+        regularizing.bind(regularizer, model, run_dir, index, mid_stage)
+        fit_model, train, validation = regularizing.wrap(regularizer, fit_model, model,
+                                                         train, validation)
     if fit_model is not model:
-        # The head model shares its layers; checkpoints hold the whole model.
+        # The head model and the regularised one share its layers; checkpoints
+        # hold the whole model.
         checkpoint.model_to_save = model
     strategy = fit_model.distribute_strategy
     return fit_model.fit(
@@ -318,9 +328,10 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, t
     )
 
 
-def _cached_head(model, data, stage, params, out):
-    """The model and data to fit: the head on cached features where safe."""
-    if stage.cache_features is False or stage_plan.unfreezes_gradually(stage):
+def _cached_head(model, data, stage, params, out, needs_backbone=False):
+    """The model and data to fit: the head on cached features where safe
+    (never when the stage's regulariser runs the backbone on each batch)."""
+    if stage.cache_features is False or stage_plan.unfreezes_gradually(stage) or needs_backbone:
         return model, data.train, data.validation
     safe, reason = feature_cache.can_cache(model)
     if not safe:

@@ -116,6 +116,17 @@ def test_dora_normalizes_direction_per_output_unit():
     np.testing.assert_allclose(lora(inputs), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dora", [False, True])
+def test_adapted_kernel_is_the_kernel_the_layer_computes_with(dora):
+    inputs = dense_inputs()
+    lora = LoRADense.from_layer(dense_base(), rank=2, alpha=4, dora=dora)
+    randomize_adapter(lora)
+    kernel = lora.adapted_kernel().numpy()
+    np.testing.assert_allclose(lora(inputs), inputs @ kernel + lora.bias.numpy(), atol=1e-5)
+    lora.merge()
+    np.testing.assert_allclose(lora.adapted_kernel(), kernel, atol=1e-5)
+
+
 def test_usable_directly_in_a_new_model(tmp_path):
     layer = LoRADense(4, rank=2, alpha=4, activation="relu", name="new")
     inputs = dense_inputs()

@@ -174,6 +174,39 @@ def test_combined_adapter_is_the_weighted_sum_of_updates():
         peft.combine_adapters(model, {"a": 1.0, "d": 1.0}, "bad")
 
 
+def test_without_adapters_runs_the_base_and_changes_nothing():
+    import tensorflow as tf
+
+    model = tiny_bert()
+    features, _ = token_batch(4)
+    base = model.predict(features, verbose=0)
+    peft.apply_lora(model, rank=2)
+    randomize_adapters(model, seed=1)
+    adapted = model.predict(features, verbose=0)
+    trainable = [v.path for v in model.trainable_variables]
+
+    @tf.function
+    def both(x):
+        with peft.without_adapters(model):
+            off = model(x, training=False)
+        return off, model(x, training=False)
+
+    off, on = both(features)
+    np.testing.assert_allclose(off, base, atol=1e-5)
+    np.testing.assert_allclose(on, adapted, atol=1e-5)
+    with peft.without_adapters(model):
+        with peft.without_adapters(model):
+            pass
+        np.testing.assert_allclose(model(features, training=False), base, atol=1e-5)
+    np.testing.assert_allclose(model(features, training=False), adapted, atol=1e-5)
+    assert [v.path for v in model.trainable_variables] == trainable
+    assert peft.active_adapter(model) == "default"
+    peft.merge(model)
+    with pytest.raises(KftError, match="unmerge\\(model\\) first"):
+        with peft.without_adapters(model):
+            pass
+
+
 def test_switching_while_merged_is_refused():
     model = tiny_bert()
     peft.apply_lora(model, rank=2, adapter_name="a")

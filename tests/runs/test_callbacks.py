@@ -83,3 +83,14 @@ def test_a_non_finite_loss_stops_inside_the_batch_before_any_checkpoint(tmp_path
     assert (stopped.value.stage, stopped.value.epoch, stopped.value.batch) == ("head", 1, 3)
     assert "the loss became nan in stage 'head', epoch 1, batch 3" in str(stopped.value)
     assert not run.last_checkpoint.exists() and state["epoch"] == 0
+
+
+def test_a_metric_new_in_a_later_stage_adds_a_column(tmp_path):
+    path = tmp_path / "history.csv"
+    StageCSVLogger(path, "head").on_epoch_end(0, {"loss": 1.0})
+    StageCSVLogger(path, "finetune").on_epoch_end(1, {"loss": 0.5, "l2sp_penalty": 0.25})
+    StageCSVLogger(path, "last").on_epoch_end(2, {"loss": 0.4})
+    rows = read_history(path)
+    assert [row["l2sp_penalty"] for row in rows] == [None, 0.25, None]
+    assert [row["loss"] for row in rows] == [1.0, 0.5, 0.4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]

@@ -3,6 +3,8 @@ import textwrap
 import pytest
 
 from kft.errors import KftError
+from kft.freezing import GradualUnfreezing
+from kft.regularizers import L2SP
 from kft.runs.recipe import Recipe, Stage, load
 from tests.helpers.process import REPO
 
@@ -134,6 +136,16 @@ def test_shipped_recipes_load_and_resolve_their_defaults(path):
         ({"train_bn": "yes"}, r"train_bn must be True or False"),
         ({"cache_features": "auto"}, r"cache_features must be None, True or False"),
         ({"callbacks": ["not a callback"]}, r"callbacks must be a list of Keras callbacks"),
+        ({"regularize": "l2sp"}, r"regularize='l2sp' is not a regulariser; use None, "
+                                 r'"l2sp:ALPHA", "l2sp:ALPHA,BETA", "kl:WEIGHT", "features:WEIGHT"'),
+        ({"regularize": "l2sp:0.01,-1"}, r"regularize='l2sp:0.01,-1' is not a regulariser"),
+        ({"regularize": "kl:0"}, r"regularize='kl:0' is not a regulariser"),
+        ({"regularize": "dropout:0.1"}, r"regularize='dropout:0.1' is not a regulariser"),
+        ({"regularize": 0.01}, r"regularize=0.01 is not a regulariser"),
+        ({"regularize": "kl:0.1", "cache_features": True},
+         r"regularize='kl:0.1' compares the model .* cache_features=True does not combine"),
+        ({"regularize": "features:0.1", "callbacks": [GradualUnfreezing(every_epochs=1)]},
+         r"does not combine with GradualUnfreezing"),
     ],
 )
 def test_bad_stage_settings_fail_when_the_stage_is_made(options, message):
@@ -145,6 +157,10 @@ def test_bad_stage_settings_fail_when_the_stage_is_made(options, message):
     {"epochs": 0}, {"warmup": 0.06}, {"warmup": 50}, {"warmup": "0.5 epochs"},
     {"optimizer": "AdamW", "weight_decay": 0.01, "layer_decay": 1.0, "schedule": "one-cycle"},
     {"optimizer": lambda lr: None},
+    {"regularize": None}, {"regularize": "l2sp:0.01"}, {"regularize": "l2sp:0.01,0.001"},
+    {"regularize": "l2sp:0.01", "cache_features": True},
+    {"regularize": "kl:0.1", "cache_features": False}, {"regularize": "features:0.1"},
+    {"regularize": L2SP(alpha=0.1)},
 ])
 def test_good_stage_settings_are_accepted(options):
     Stage(**{"name": "head", "epochs": 1, **options})
