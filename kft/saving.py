@@ -26,6 +26,7 @@ import keras
 import kft.evaluation.entities  # noqa: F401  (EntityF1)
 import kft.freezing.gradual  # noqa: F401  (GradualUnfreezing)
 import kft.layers  # noqa: F401  (LoRA, bottleneck, soft prompt, image preprocessing)
+import kft.models.gguf.preprocessor  # noqa: F401  (ChatCausalLMPreprocessor, ChatBytePairTokenizer)
 import kft.models.token_classifier  # noqa: F401  (TokenClassifier and its preprocessor)
 import kft.optimizers  # noqa: F401  (LayerwiseLR)
 import kft.schedules  # noqa: F401  (WarmupDecay, OneCycle, PerUpdateSchedule, ...)

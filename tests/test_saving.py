@@ -25,10 +25,19 @@ def _instances(tiny_bert_dir):
     """One instance of every kft class Keras can save, by registered name."""
     import kft
     from kft import schedules
+    from kft.models.gguf.preprocessor import ChatCausalLMPreprocessor
+    from kft.models.gguf.tokenizer import ChatBytePairTokenizer
+    from tests.helpers.gguf_files import byte_level_vocabulary
 
+    tokens, merges, _ = byte_level_vocabulary()
+    chat_tokenizer = ChatBytePairTokenizer(
+        {token: i for i, token in enumerate(tokens)}, merges, end_token="<|im_end|>",
+        chat_template="{{ messages }}")
     warmup = schedules.WarmupDecay(0.01, 100, warmup=10)
     return {
         "BottleneckAdapter": kft.layers.BottleneckAdapter(bottleneck_dim=4),
+        "ChatBytePairTokenizer": chat_tokenizer,
+        "ChatCausalLMPreprocessor": ChatCausalLMPreprocessor(chat_tokenizer, sequence_length=8),
         "CyclicalTriangular": schedules.CyclicalTriangular(1e-3, 1e-2, step_size=10),
         "EntityF1": kft.evaluation.entities.EntityF1(),
         "GradualUnfreezing": kft.GradualUnfreezing(every_epochs=1),

@@ -9,14 +9,16 @@ for `kft.freeze` / `kft.unfreeze` and recipe stages; the encoder splits into
 `embeddings`, one group per transformer layer and `pooler`.
 
 Token classification (named entities) is `token_classifier` and
-`predict_words`; domain vocabulary is `add_tokens`.
+`predict_words`; domain vocabulary is `add_tokens`. Causal language models
+(keras-hub presets, checkpoint folders, GGUF files) are `causal_lm`.
 """
 
 import keras
 
 from kft.errors import KftError
 from kft.models.weights import text_presets
-# kft.text also offers token classification and vocabulary surgery.
+# kft.text also offers causal LMs, token classification and vocabulary surgery.
+from kft.models.causal_lm import causal_lm  # noqa: F401
 from kft.models.token_classifier import TokenClassifier  # noqa: F401
 from kft.models.token_classifier import predict_words  # noqa: F401
 from kft.models.token_classifier import token_classifier  # noqa: F401
