@@ -46,6 +46,9 @@ _WEIGHTS = "model.weights.h5"
 def load_model(filepath, train_also=None, custom_objects=None, compile=True, safe_mode=True):
     """`keras.models.load_model` that restores kft PEFT layers in keras-hub blocks.
 
+    A keras-hub text classifier also gets back kft's padding of each batch to
+    its longest text (`kft.models.dynamic_padding`).
+
     After the layers are back, the model is frozen as PEFT leaves it
     (`freeze_base`: only adapters, soft prompts and `train_also` train; a
     reloaded keras-hub model would otherwise come back all trainable), then
@@ -99,6 +102,10 @@ def load_model(filepath, train_also=None, custom_objects=None, compile=True, saf
         model.optimizer.build(model.trainable_variables)
     model.load_weights(filepath)
     reset_compiled_functions(model)
+    # The packer is rebuilt from the preprocessor's config, which does not record it.
+    from kft.models.dynamic_padding import pad_to_batch_longest
+
+    pad_to_batch_longest(model)
     return model
 
 

@@ -25,6 +25,7 @@ def _instances(tiny_bert_dir):
     """One instance of every kft class Keras can save, by registered name."""
     import kft
     from kft import schedules
+    from kft.models.dynamic_padding import BatchLongestPacker
     from kft.models.gguf.preprocessor import ChatCausalLMPreprocessor
     from kft.models.gguf.tokenizer import ChatBytePairTokenizer
     from tests.helpers.gguf_files import byte_level_vocabulary
@@ -35,6 +36,8 @@ def _instances(tiny_bert_dir):
         chat_template="{{ messages }}")
     warmup = schedules.WarmupDecay(0.01, 100, warmup=10)
     return {
+        "BatchLongestPacker": BatchLongestPacker(sequence_length=8, start_value=1, end_value=2,
+                                                 pad_value=0),
         "BottleneckAdapter": kft.layers.BottleneckAdapter(bottleneck_dim=4),
         "ChatBytePairTokenizer": chat_tokenizer,
         "ChatCausalLMPreprocessor": ChatCausalLMPreprocessor(chat_tokenizer, sequence_length=8),

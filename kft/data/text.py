@@ -28,15 +28,19 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _BALANCE = (None, "none", "class_weight", "oversample")
 # The separator of several labels in one CSV/TSV cell of multi-label data.
 LABEL_SEPARATOR = "|"
+# Batches per mega-batch of `length_grouped_batches` (Hugging Face's factor).
+_MEGA_BATCHES = 50
 
 
 @dataclasses.dataclass(kw_only=True)
 class TextData(Data):
     """Text classification data, ready for `model.fit` (a `kft.data.Data`).
 
-    `train` holds batches of `(tf.string [B], labels)`, reshuffled every
-    epoch from the seed (rare classes repeated when oversampling; `num_train`
-    counts them); `validation` and `test` the same in a fixed order. Labels
+    `train` holds batches of `(tf.string [B], labels)` of texts of similar
+    length, drawn anew every epoch from the seed (rare classes repeated when
+    oversampling; `num_train` counts them); `validation` and `test` the same
+    in a fixed order, sorted by length (`group_by_length=False`: plain
+    shuffled batches, and the files' order). Labels
     are int32 class indices, or multi-hot `float32 [B, classes]` vectors
     when `multi_label`.
     """
@@ -68,6 +72,7 @@ def from_lists(
     seed=0,
     balance=None,
     multi_label=False,
+    group_by_length=True,
 ):
     """Builds `TextData` from Python lists (or arrays) of texts and labels.
 
@@ -88,6 +93,11 @@ def from_lists(
             class frequency, passed to `fit`) or `"oversample"` (training
             texts of rarer classes repeated up to the largest class).
         multi_label: each text has a list of labels (multi-hot targets).
+        group_by_length: batch texts of similar length together (training
+            batches are still drawn anew and in a new order every epoch), so
+            a model that pads each batch to its longest text
+            (`kft.text.text_classifier`) computes little padding; `False`
+            batches in plain shuffled order.
 
     Returns:
         A `TextData`.
@@ -106,7 +116,7 @@ def from_lists(
         if pair is not None:
             held[name] = _rows_from_lists(pair[0], pair[1], f"the {name} lists")
     return _text_data(rows, held, class_names, validation_split, test_split, batch_size,
-                      seed, balance, multi_label)
+                      seed, balance, multi_label, group_by_length)
 
 
 def read_file(path, text_column="text", label_column="label", multi_label=False):
@@ -160,6 +170,7 @@ def from_file(
     seed=0,
     balance=None,
     multi_label=False,
+    group_by_length=True,
 ):
     """Reads a CSV, TSV or JSON Lines file of labelled texts (see `read_file`).
 
@@ -173,8 +184,8 @@ def from_file(
         validation: optional validation file in the same format; otherwise
             `validation_split` of each class is held out.
         test: optional test file; otherwise `test_split` is held out.
-        validation_split, test_split, batch_size, seed, balance, multi_label:
-            as for `from_lists`.
+        validation_split, test_split, batch_size, seed, balance, multi_label,
+            group_by_length: as for `from_lists`.
 
     Returns:
         A `TextData`.
@@ -192,11 +203,11 @@ def from_file(
         if file is not None:
             held[name] = _read_rows(file, **columns)
     return _text_data(rows, held, class_names, validation_split, test_split, batch_size,
-                      seed, balance, multi_label)
+                      seed, balance, multi_label, group_by_length)
 
 
 def from_tfds(name, validation_split=0.1, test_split=None, batch_size=32, seed=0,
-              balance=None, data_dir=None):
+              balance=None, data_dir=None, group_by_length=True):
     """Loads a TFDS text classification dataset (`imdb_reviews`, `ag_news_subset`, ...).
 
     Its supervised `(text, label)` pairs are used; the `train` split trains
@@ -206,7 +217,8 @@ def from_tfds(name, validation_split=0.1, test_split=None, batch_size=32, seed=0
 
     Args:
         name: a TFDS name, optionally with a version (`"imdb_reviews:1.0.0"`).
-        validation_split, batch_size, seed, balance: as for `from_lists`.
+        validation_split, batch_size, seed, balance, group_by_length: as for
+            `from_lists`.
         test_split: fraction held out for test when the dataset has no test
             split (`None`: 0).
         data_dir: where TFDS keeps its datasets.
@@ -230,7 +242,7 @@ def from_tfds(name, validation_split=0.1, test_split=None, batch_size=32, seed=0
     except (ValueError, KeyError):
         pass  # No test split: test_split holds one out of train.
     return _text_data(read("train"), held, class_names, validation_split,
-                      test_split or 0.0, batch_size, seed, balance, False)
+                      test_split or 0.0, batch_size, seed, balance, False, group_by_length)
 
 
 def load(source, text_column="text", label_column="label", **options):
@@ -370,7 +382,7 @@ def _check_text(text, place):
 
 
 def _text_data(rows, held, class_names, validation_split, test_split, batch_size, seed,
-               balance, multi_label):
+               balance, multi_label, group_by_length=True):
     if balance not in _BALANCE:
         raise KftError(f"balance must be None, 'class_weight' or 'oversample', got {balance!r}.")
     if balance == "class_weight" and multi_label:
@@ -421,6 +433,8 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
         train_texts, train_targets = train_texts[order], train_targets[order]
 
     def batches(texts, targets, shuffle_seed=None):
+        if group_by_length:
+            return length_grouped_batches(texts, targets, int(batch_size), shuffle_seed)
         dataset = tf.data.Dataset.from_tensor_slices((texts.astype(str), targets))
         if shuffle_seed is not None:
             dataset = dataset.shuffle(len(texts), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -445,6 +459,49 @@ def _text_data(rows, held, class_names, validation_split, test_split, batch_size
         multi_label=bool(multi_label),
         class_weight=class_weight,
     )
+
+
+def length_grouped_batches(texts, targets, batch_size, seed=None):
+    """Batches of texts of similar length, as Hugging Face's `group_by_length` makes them.
+
+    With a `seed` (training), every epoch draws a new random order, cuts it
+    into mega-batches of 50 batches, sorts each mega-batch by length and
+    cuts it into batches, then shuffles the batches: batches hold texts of
+    similar length, yet their members and their order change every epoch,
+    and the number of batches is the plain `ceil(N / batch_size)`. Without a
+    seed (validation, test) the texts are sorted by length once, in a fixed
+    order. Length is counted in characters, which orders texts as their
+    token counts do closely enough for grouping; the model pads each batch
+    to its own longest text (`kft.models.dynamic_padding`).
+
+    Args:
+        texts: an array of strings.
+        targets: their labels, an array with one row per text.
+        batch_size: texts per batch.
+        seed: the shuffling seed, or `None` for a fixed order.
+
+    Returns:
+        A `tf.data.Dataset` of `(tf.string [B], targets [B, ...])` batches.
+    """
+    lengths = np.array([len(text) for text in texts], dtype="int32")
+    count = -(-len(texts) // batch_size)
+    if seed is None:
+        order = np.argsort(lengths, kind="stable")
+        dataset = tf.data.Dataset.from_tensor_slices((texts[order].astype(str), targets[order]))
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def longest_first(text, target, length):
+        order = tf.argsort(length, direction="DESCENDING", stable=True)
+        return tf.gather(text, order), tf.gather(target, order), tf.gather(length, order)
+
+    dataset = tf.data.Dataset.from_tensor_slices((texts.astype(str), targets, lengths))
+    dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(_MEGA_BATCHES * batch_size).map(longest_first).unbatch()
+    dataset = dataset.batch(batch_size).map(lambda text, target, _: (text, target))
+    dataset = dataset.shuffle(count, seed=seed + 1, reshuffle_each_iteration=True)
+    # unbatch() loses the count; Keras' progress bar and schedules want it.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _source(rows):

@@ -21,9 +21,9 @@ import os
 import pathlib
 
 import numpy as np
-import tensorflow as tf
 
 from kft.data.data import Data
+from kft.data.text import length_grouped_batches
 from kft.errors import KftError
 from kft.evaluation.entities import OUTSIDE
 from kft.evaluation.entities import check_tag_layout
@@ -65,8 +65,8 @@ class TokenData(Data):
 
     `train` holds batches of `(string [B], int32 [B, W])`: sentences (words
     joined by one space) and word label ids padded with `IGNORED_LABEL` to
-    the longest sentence, reshuffled every epoch from the seed;
-    `validation` the same in a fixed order. `class_names` are the tag names
+    the longest sentence, sentences of similar length together, drawn anew
+    every epoch from the seed; `validation` the same in a fixed order. `class_names` are the tag names
     in kft's layout `["O", "B-T1", "I-T1", ...]`.
 
     Attributes:
@@ -221,11 +221,16 @@ def encode(sentences, class_names):
 def to_dataset(sentences, class_names, batch_size=16, shuffle=False, seed=0):
     """Batches of `(sentence strings, word label ids padded with -1)`.
 
+    Sentences of similar length are batched together (see
+    `kft.data.text.length_grouped_batches`), so a token classifier, which
+    pads each batch to its longest sentence, computes little padding.
+
     Args:
         sentences: `TaggedSentence`s.
         class_names: the tag names.
         batch_size: sentences per batch.
-        shuffle: reshuffle every epoch (from `seed`).
+        shuffle: draw new batches in a new order every epoch (from `seed`);
+            otherwise a fixed order, sorted by length.
         seed: the shuffling seed.
 
     Returns:
@@ -236,10 +241,8 @@ def to_dataset(sentences, class_names, batch_size=16, shuffle=False, seed=0):
     labels = np.full((len(encoded), max(map(len, encoded), default=0)), IGNORED_LABEL, np.int32)
     for row, ids in enumerate(encoded):
         labels[row, : len(ids)] = ids
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string), labels))
-    if shuffle:
-        dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return length_grouped_batches(np.array(texts, dtype=object), labels, int(batch_size),
+                                  seed=int(seed) if shuffle else None)
 
 
 def load(source, validation=None, class_names=None, batch_size=16, validation_split=0.1,

@@ -6,12 +6,12 @@ import json
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kft.data import images as image_data
 from kft.errors import KftError
 from kft.inference import inputs as input_files
 from kft.inference.run_model import load
+from kft.models.dynamic_padding import predict_by_length
 from kft.runs.run_directory import RunDirectory
 
 # Images decoded per chunk: bounded memory on folders of any size.
@@ -138,9 +138,9 @@ def predict(run, inputs=(), texts=(), column="text", top=1, batch_size=32, progr
     found, origins = input_files.texts(inputs, column=column, literal=texts)
     if run.kind == "token":
         return _predict_tags(run, found, origins, batch_size, progress)
-    dataset = tf.data.Dataset.from_tensor_slices(np.array(found, dtype=object).astype(str))
-    probabilities = run.model.predict(dataset.batch(batch_size), verbose=0,
-                                      callbacks=_progress(progress, batch_size, len(found), len(found)))
+    probabilities = predict_by_length(
+        run.model, found, batch_size,
+        callbacks=_progress(progress, batch_size, len(found), len(found)))
     rows = [Prediction(input=origin, text=text, top=_top(p, run.labels, top))
             for origin, text, p in zip(origins, found, probabilities)]
     return Predictions(kind="text", rows=rows, skipped=[])

@@ -42,6 +42,7 @@ from kft.data.token_labels import IGNORED_LABEL
 from kft.errors import KftError
 from kft.evaluation.entities import EntityF1
 from kft.evaluation.entities import check_tag_layout
+from kft.models import dynamic_padding
 from kft.models.weights import text_presets
 
 
@@ -56,6 +57,9 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         sequence_length: pieces per example, `[CLS]` and `[SEP]` included;
             words past it are cut off (they get no prediction).
         segment_ids: also output all-zero `segment_ids` (BERT takes them).
+        pad_to_multiple_of: pad each batch to its longest sentence, rounded
+            up to a multiple of this (the same outputs for less compute, see
+            `kft.models.dynamic_padding`); `None` pads to `sequence_length`.
 
     Call arguments:
         x: sentences: a string, a batch of strings (split on whitespace), or
@@ -68,7 +72,8 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
     Returns:
         `x` alone, or `(x, piece_labels)` (and weights) when `y` is given:
         `x` is a dict of int32 `token_ids`, `padding_mask` (and
-        `segment_ids`), `[batch, sequence_length]`; each word's label sits on
+        `segment_ids`), `[batch, width]` (the batch's longest, rounded up, or
+        `sequence_length`); each word's label sits on
         its first piece, every other position holds -1.
 
     Example:
@@ -78,13 +83,17 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
     ```
     """
 
-    def __init__(self, tokenizer, sequence_length=128, segment_ids=True, **kwargs):
+    def __init__(self, tokenizer, sequence_length=128, segment_ids=True,
+                 pad_to_multiple_of=dynamic_padding.PAD_TO_MULTIPLE_OF, **kwargs):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer
         self.sequence_length = int(sequence_length)
         self.segment_ids = bool(segment_ids)
+        self.pad_to_multiple_of = None if pad_to_multiple_of is None else int(pad_to_multiple_of)
         if self.sequence_length < 3:
             raise KftError(f"sequence_length must be at least 3, got {sequence_length}.")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise KftError(f"pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}.")
         self._traced = {}
 
     def call(self, x, y=None, sample_weight=None):
@@ -172,7 +181,8 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         return self.tokenizer.token_to_id(unknown)
 
     def _pack(self, ragged, start, end, pad):
-        """`[start] + row[:sequence_length - 2] + [end]`, padded; and the mask."""
+        """`[start] + row[:sequence_length - 2] + [end]`, padded (to the batch's
+        longest row, rounded up, with `pad_to_multiple_of`); and the mask."""
         ragged = tf.cast(ragged, "int32")[:, : self.sequence_length - 2]
         rows = ragged.nrows()
         ragged = tf.concat(
@@ -181,11 +191,17 @@ class TokenClassifierPreprocessor(keras_hub.models.Preprocessor):
         shape = [None, self.sequence_length]
         packed = ragged.to_tensor(default_value=pad, shape=shape)
         mask = tf.ones_like(ragged, dtype="bool").to_tensor(default_value=False, shape=shape)
+        if self.pad_to_multiple_of is not None:
+            # Tokens, positions and labels share row lengths: one width for all.
+            width = dynamic_padding.padded_length(ragged.row_lengths(), self.sequence_length,
+                                                  self.pad_to_multiple_of)
+            packed, mask = packed[:, :width], mask[:, :width]
         return packed, mask
 
     def get_config(self):
         config = super().get_config()
-        config.update({"sequence_length": self.sequence_length, "segment_ids": self.segment_ids})
+        config.update({"sequence_length": self.sequence_length, "segment_ids": self.segment_ids,
+                       "pad_to_multiple_of": self.pad_to_multiple_of})
         return config
 
 
@@ -375,23 +391,21 @@ def predict_words(model, sentences, batch_size=32):
     texts = [s if isinstance(s, str) else " ".join(_check_words(s)) for s in sentences]
     if not texts:
         return []
-    probabilities, positions = [], []
-    for begin in range(0, len(texts), batch_size):
-        features, _, batch_positions = model.preprocessor.align(tf.constant(texts[begin: begin + batch_size]))
-        # keras.Model's own predict_on_batch: the features are already
-        # preprocessed, and it runs one compiled function instead of the
-        # layers one op at a time.
-        probabilities.append(keras.Model.predict_on_batch(model, features))
-        positions.append(batch_positions.numpy())
-    predicted = np.argmax(np.concatenate(probabilities), axis=-1)
-    positions = np.concatenate(positions)
     tags = np.array(model.tags, dtype=object)
     results = []
-    for text, row_positions, row_predicted in zip(texts, positions, predicted):
-        words = np.full(len(text.split()), "O", dtype=object)
-        tagged = row_positions >= 0
-        words[row_positions[tagged]] = tags[row_predicted[tagged]]
-        results.append(list(words))
+    for begin in range(0, len(texts), batch_size):
+        batch = texts[begin: begin + batch_size]
+        features, _, positions = model.preprocessor.align(tf.constant(batch))
+        # keras.Model's own predict_on_batch: the features are already
+        # preprocessed, and it runs one compiled function instead of the
+        # layers one op at a time. Batches differ in width (each is padded to
+        # its longest sentence), so each is read on its own.
+        predicted = np.argmax(keras.Model.predict_on_batch(model, features), axis=-1)
+        for text, row_positions, row_predicted in zip(batch, positions.numpy(), predicted):
+            words = np.full(len(text.split()), "O", dtype=object)
+            tagged = row_positions >= 0
+            words[row_positions[tagged]] = tags[row_predicted[tagged]]
+            results.append(list(words))
     return results
 
 

@@ -34,9 +34,10 @@ def test_first_piece_carries_the_label_and_everything_else_is_ignored(model):
     pieces = [[tokenizer.id_to_token(int(i)) for i in row] for row in x["token_ids"].numpy()]
     assert pieces[1][:6] == ["[CLS]", "bob", "##s", "loved", "london", "[SEP]"]
     assert set(pieces[1][6:]) == {"[PAD]"}
-    np.testing.assert_array_equal(labels.numpy()[1], [-1, 3, -1, 0, 1] + [-1] * 7)
-    np.testing.assert_array_equal(labels.numpy()[0], [-1, 3, 0, 0, 1] + [-1] * 7)
-    np.testing.assert_array_equal(x["padding_mask"].numpy()[1], [1] * 6 + [0] * 6)
+    # Padded to the batch's longest (6 pieces), rounded up to 8, not to 12.
+    np.testing.assert_array_equal(labels.numpy()[1], [-1, 3, -1, 0, 1] + [-1] * 3)
+    np.testing.assert_array_equal(labels.numpy()[0], [-1, 3, 0, 0, 1] + [-1] * 3)
+    np.testing.assert_array_equal(x["padding_mask"].numpy()[1], [1] * 6 + [0] * 2)
     # Lists of words align the same way as the joined string.
     words = [s.split() for s in SENTENCES[:2]]
     same_x, same_labels = model.preprocessor(words, np.array([[3, 0, 0, 1], [3, 0, 1, -1]]))
