@@ -311,9 +311,9 @@ def _measure_one(name, path, inputs_file, kind, batch_size, seconds, latency_cal
     }))
     # The Keras worker imports the same kft as this process, installed or not.
     source = str(pathlib.Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    python_path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore",
-                   "PYTHONPATH": path}
+                   "PYTHONPATH": python_path}
     process = subprocess.run([sys.executable, str(_WORKER), str(request)], env=environment,
                              capture_output=True, text=True)
     lines = process.stdout.strip().splitlines()

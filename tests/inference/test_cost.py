@@ -41,7 +41,7 @@ def test_kft_bench_measures_every_image_format_on_the_validation_set(image_run, 
         assert row["inputs"] == "uint8 images"
         assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
         assert row["seconds_per_1000"] == pytest.approx(1000 / row["throughput"])
-        assert row["size_bytes"] > 0 and row["load_seconds"] > 0
+        assert row["size_bytes"] > 0 and row["load_seconds"] > 0, row
     assert rows["keras"]["size_bytes"] == (run_dir / "model.keras").stat().st_size
     assert rows["tflite_int8"]["size_bytes"] < rows["tflite"]["size_bytes"]
     # ONNX Runtime's process never loads TensorFlow: a fraction of the memory.
