@@ -31,6 +31,7 @@ from kft.freezing import freeze
 from kft.freezing import layer_groups
 from kft.freezing import prepare_optimizer
 from kft.freezing import unfreeze
+from kft.interpolation import interpolate
 from kft.models import text
 from kft.models import vision
 from kft.runs.recipe import Recipe

@@ -1,4 +1,4 @@
-"""The `kft` command line: run, tune, info, lr-find, export, predict, evaluate, bench.
+"""The `kft` command line: run, tune, info, lr-find, export, predict, evaluate, bench, wise-ft.
 
 Commands parse their options, call the library and print what it returns
 through `kft.console`.
@@ -261,6 +261,34 @@ def bench(run_dir, batch_size, formats, seconds, examples, recipe_file):
                                   seconds=seconds, max_examples=examples, recipe=recipe_file,
                                   verbose_progress=shown.measuring_format)
     shown.inference_cost(cost)
+
+
+@main.command("wise-ft")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--alphas", default="0,0.25,0.5,0.75,1", show_default=True,
+              help="Comma-separated shares of the fine-tuning to score, in [0, 1] "
+                   "(0: the pretrained model, 1: the fine-tuned one).")
+@click.option("--data",
+              help="A labelled reference set, also scored per alpha: an image folder (a "
+                   "subfolder per class) or a CSV/TSV/JSONL file of texts and labels.")
+@click.option("--choose", metavar="ALPHA",
+              help="The alpha to save as model.keras (default: the best validation accuracy).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, exists=True),
+              help="The run's recipe, to rebuild its data and pretrained model "
+                   "(default: RUN_DIR/recipe.py).")
+def wise_ft(run_dir, alphas, data, choose, text_column, label_column, batch_size, recipe_file):
+    """Interpolate RUN_DIR's model with its pretrained start (WiSE-FT) and score each
+    alpha; results and the chosen model go to RUN_DIR/wise_ft/."""
+    from kft.inference.wise_ft import parse_alphas
+    from kft.inference.wise_ft import wise_ft as interpolate_run
+
+    found = interpolate_run(run_dir, parse_alphas(alphas), data=data, choose=choose,
+                            text_column=text_column, label_column=label_column,
+                            batch_size=batch_size, recipe=recipe_file)
+    Console().wise_ft(found)
 
 
 # Inputs above which `kft predict` shows a progress bar.

@@ -240,6 +240,32 @@ class Console:
             self.warning(f"Skipped {len(scored.skipped)} unreadable file(s).")
         self.line(f"{scored.examples} examples; results in {scored.folder}")
 
+    def wise_ft(self, found):
+        """`kft wise-ft`'s table: accuracy and macro F1 per alpha, `*` the chosen one."""
+        reference = found.reference is not None
+        header = ["alpha", "val accuracy", "val macro F1"]
+        if reference:
+            header += ["ref accuracy", "ref macro F1"]
+        rows = []
+        for score in found.scores:
+            row = [f"{score.alpha:g}{'*' if score.alpha == found.chosen else ''}",
+                   f"{score.validation.accuracy:.4f}", f"{score.validation.macro_f1:.4f}"]
+            if reference:
+                row += [f"{score.reference.accuracy:.4f}", f"{score.reference.macro_f1:.4f}"]
+            rows.append(row)
+        start = ("the adapters' update scaled by alpha" if found.pretrained == "lora_adapters"
+                 else "the recipe's pretrained model, fine-tuned head kept")
+        sets = f"{found.validation_examples} validation"
+        if reference:
+            sets += f" and {found.reference_examples} reference ({found.reference.name})"
+        self.line(f"WiSE-FT: {start}; {sets} examples")
+        self.line(table(header, rows))
+        if found.skipped:
+            self.warning(f"Skipped {len(found.skipped)} unreadable reference file(s).")
+        why = "best validation accuracy" if found.chosen_by == "validation_accuracy" else "--choose"
+        self.line(f"Chosen alpha {found.chosen:g} ({why}): {found.model_file}")
+        self.line(f"Results in {found.folder}")
+
     def learning_rate_found(self, result, run_dir):
         self.line(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
                   f"{result.valley:.2e} (valley)")

@@ -3,7 +3,8 @@
 `load(RUN_DIR)` opens a run directory's final model once; `predict` and
 `evaluate` take it (or the run directory) and return results for the CLI
 (`kft predict`, `kft evaluate`) or your code to show. `measure_cost(RUN_DIR)`
-times the model in every export format (`kft bench`).
+times the model in every export format (`kft bench`); `wise_ft(RUN_DIR)`
+scores the model interpolated with its pretrained start (`kft wise-ft`).
 """
 
 from kft.inference.cost import InferenceCost
@@ -15,3 +16,5 @@ from kft.inference.predict import Predictions
 from kft.inference.predict import predict
 from kft.inference.run_model import RunModel
 from kft.inference.run_model import load
+from kft.inference.wise_ft import WiseFT
+from kft.inference.wise_ft import wise_ft

@@ -71,9 +71,9 @@ def evaluate(run, data, text_column="text", label_column="label", batch_size=32)
     if run.kind == "token":
         return _evaluate_tags(run, path, batch_size)
     if run.kind == "image":
-        inputs, labels, skipped = _labelled_images(path, run)
+        inputs, labels, skipped = labelled_images(path, run)
     else:
-        inputs, labels, skipped = _labelled_texts(path, run, text_column, label_column)
+        inputs, labels, skipped = labelled_texts(path, run, text_column, label_column)
     batches = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size)
     report = evaluation.evaluate(run.model, batches, run.labels)
     metrics = _recipe_metrics(run, batches)
@@ -86,7 +86,10 @@ def evaluate(run, data, text_column="text", label_column="label", batch_size=32)
     return result
 
 
-def _labelled_images(folder, run):
+def labelled_images(folder, run):
+    """`(images, label indices, skipped files)` of a folder with a subfolder per
+    class of `run`, decoded as training decodes them; one error for a class the
+    run does not have."""
     if not folder.is_dir():
         raise KftError(f"{folder} is not a folder: an image run is evaluated on a folder "
                        "with a subfolder of images per class.")
@@ -113,7 +116,9 @@ def _labelled_images(folder, run):
     return pixels[readable], np.array(labels, np.int32)[readable], skipped
 
 
-def _labelled_texts(path, run, text_column, label_column):
+def labelled_texts(path, run, text_column, label_column):
+    """`(texts, label indices, skipped)` of a CSV/TSV/JSONL file for a text `run`;
+    one error for a label the run does not have."""
     if path.is_dir() or path.suffix.lower() in image_data.EXTENSIONS:
         raise KftError(f"{path}: a text run is evaluated on a CSV, TSV or JSON Lines file of "
                        "texts and labels.")
