@@ -28,6 +28,7 @@ def _instances(tiny_bert_dir):
     from kft.models.dynamic_padding import BatchLongestPacker
     from kft.models.gguf.preprocessor import ChatCausalLMPreprocessor
     from kft.models.gguf.tokenizer import ChatBytePairTokenizer
+    from kft.models.instruction_preprocessor import InstructionCausalLMPreprocessor
     from tests.helpers.gguf_files import byte_level_vocabulary
 
     tokens, merges, _ = byte_level_vocabulary()
@@ -45,6 +46,8 @@ def _instances(tiny_bert_dir):
         "EntityF1": kft.evaluation.entities.EntityF1(),
         "GradualUnfreezing": kft.GradualUnfreezing(every_epochs=1),
         "ImagePreprocessing": kft.layers.ImagePreprocessing(mode="tf"),
+        "InstructionCausalLMPreprocessor": InstructionCausalLMPreprocessor(
+            chat_tokenizer, sequence_length=8, train_on_prompt=True),
         "LayerwiseLR": kft.optimizers.LayerwiseLR(keras.optimizers.SGD(0.1)),
         "LoRADense": kft.layers.LoRADense(4, rank=2),
         "LoRAEinsumDense": kft.layers.LoRAEinsumDense("ab,bc->ac", output_shape=4, rank=2),

@@ -5,6 +5,7 @@ from kft.data import datasets
 from kft.data.data import Data
 from kft.data.data import as_data
 from kft.data import images
+from kft.data import instructions
 from kft.data import text
 from kft.data import token_labels
 

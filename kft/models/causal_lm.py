@@ -5,12 +5,16 @@ strings, `fit` takes raw texts and trains on next-token prediction, and the
 model saves to and reloads from one `.keras` file with its tokenizer. kft
 builds one from a keras-hub preset or checkpoint folder (keras-hub converts
 Hugging Face folders itself) or from a llama.cpp GGUF file, which keras-hub
-cannot read (`kft.models.gguf`).
+cannot read (`kft.models.gguf`). For instruction tuning (the loss on the
+responses only) `kft.models.instruction_preprocessor` replaces its
+preprocessor; `kft.text.format_chat` renders its chat template.
 """
 
 import os
 
 from kft.errors import KftError
+# Registers InstructionCausalLMPreprocessor, so `import kft` can reload models that use it.
+from kft.models import instruction_preprocessor  # noqa: F401
 from kft.models.gguf.reader import is_gguf
 from kft.models.keras_hub_mends import mend_llama_backbone_config
 from kft.models.weights import causal_lm_presets

@@ -20,6 +20,7 @@ from kft.models import dynamic_padding
 from kft.models.weights import text_presets
 # kft.text also offers causal LMs, token classification and vocabulary surgery.
 from kft.models.causal_lm import causal_lm  # noqa: F401
+from kft.models.chat_format import format_chat  # noqa: F401
 from kft.models.token_classifier import TokenClassifier  # noqa: F401
 from kft.models.token_classifier import predict_words  # noqa: F401
 from kft.models.token_classifier import token_classifier  # noqa: F401
