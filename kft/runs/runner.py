@@ -315,9 +315,11 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, t
         # hold the whole model.
         checkpoint.model_to_save = model
     strategy = fit_model.distribute_strategy
+    train, steps_per_epoch = distribute.repeat_for_epochs(train, strategy)
     return fit_model.fit(
         distribute.distribute_dataset(train, strategy),
         validation_data=distribute.distribute_dataset(validation, strategy),
+        steps_per_epoch=steps_per_epoch,
         initial_epoch=state["epoch"],
         epochs=start + stage.epochs,
         callbacks=callbacks,

@@ -125,6 +125,34 @@ def distribute_dataset(dataset, strategy):
     return dataset.with_options(options)
 
 
+def repeat_for_epochs(dataset, strategy):
+    """`(dataset, steps_per_epoch)` for `fit` to read every epoch from one iterator.
+
+    Keras destroys a finished epoch's tf.data iterator and makes a new one;
+    the destructor waits for the pipeline's autotuning thread, which was seen
+    asleep for 16 to 40 s at an epoch's start (py-spy: the main thread in
+    `RootDataset::Iterator::~Iterator`; turning autotuning off removed the
+    wait but slowed every step). A repeated dataset with `steps_per_epoch`
+    set to one pass keeps one iterator for the whole `fit`; each pass still
+    reshuffles (`reshuffle_each_iteration`). Datasets of unknown or infinite
+    length, and multi-worker runs (each worker's share differs), are left as
+    they are.
+
+    Args:
+        dataset: a batched `tf.data.Dataset`, or anything else `fit` takes.
+        strategy: the run's strategy.
+
+    Returns:
+        The dataset to fit and its `steps_per_epoch` (`None`: let Keras count).
+    """
+    if not isinstance(dataset, tf.data.Dataset) or _is_multi_worker(strategy):
+        return dataset, None
+    steps = int(dataset.cardinality())
+    if steps <= 0:  # unknown (-2), infinite (-1) or empty
+        return dataset, None
+    return dataset.repeat(), steps
+
+
 _AUTO = tf.data.experimental.AutoShardPolicy.AUTO
 
 

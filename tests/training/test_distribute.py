@@ -213,3 +213,36 @@ def test_mends_apply_to_checked_keras_versions_only():
     assert distribute.keras_needs_mends("3.0.0")
     assert not distribute.keras_needs_mends("3.16.0")
     assert not distribute.keras_needs_mends("2.15.0")
+
+
+def test_fit_reads_every_epoch_of_a_finite_dataset_from_one_iterator():
+    import keras
+
+    dataset = tf.data.Dataset.range(12).shuffle(12, seed=0, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda i: (tf.cast(i, tf.float32)[None], i)).batch(4)
+    repeated, steps = distribute.repeat_for_epochs(dataset, tf.distribute.get_strategy())
+    assert steps == 3 and repeated.cardinality() == tf.data.INFINITE_CARDINALITY
+
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append([])
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    # Recorded inside the step: every epoch holds each example once, reshuffled.
+    model.compile("sgd", "mse", run_eagerly=True)
+    original_train_step = model.train_step
+
+    def train_step(data):
+        seen[-1].extend(int(v) for v in data[1].numpy())
+        return original_train_step(data)
+
+    model.train_step = train_step
+    model.fit(repeated, steps_per_epoch=steps, epochs=3, verbose=0, callbacks=[Record()])
+    assert [sorted(epoch) for epoch in seen] == [list(range(12))] * 3
+    assert seen[0] != seen[1]
+
+    for unknown in (dataset.filter(lambda x, y: tf.reduce_all(y >= 0)), dataset.repeat(),
+                    np.zeros((4, 1))):
+        assert distribute.repeat_for_epochs(unknown, tf.distribute.get_strategy())[1] is None
