@@ -24,13 +24,13 @@ template (`kft.text.format_chat`), then packed by its
 on the responses.
 """
 
-import csv
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
+from kft.data.text import json_records
+from kft.data.text import table_records
 from kft.errors import KftError
 
 KINDS = ("pairs", "chat", "text")
@@ -476,16 +476,8 @@ def _conversation_examples(statements, where, conversations):
 
 def _json_examples(handle, path, prompt_column, response_column, messages_column):
     kind, first_line, examples = None, None, []
-    for number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
+    for number, record in json_records(handle, path):
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise KftError(f"{where} is not valid JSON ({error.msg}).") from None
-        if not isinstance(record, dict):
-            raise KftError(f"{where} is not a JSON object.")
         this = "chat" if messages_column in record else "pairs"
         if kind is None:
             kind, first_line = this, number
@@ -504,21 +496,11 @@ def _json_examples(handle, path, prompt_column, response_column, messages_column
 
 
 def _table_examples(handle, path, kind, prompt_column, response_column):
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
-    reader = csv.DictReader(handle, **options)
-    header = reader.fieldnames or []
-    missing = [column for column in (prompt_column, response_column) if column not in header]
-    if missing:
-        raise KftError(
-            f"{path}, line 1 (header) has no column {', '.join(map(repr, missing))}; its "
-            f"columns are {', '.join(map(repr, header))}. Name them with prompt_column= and "
-            "response_column=."
-        )
     examples = []
-    for record in reader:
-        where = f"{path}, line {reader.line_num}"
-        if None in record:
-            raise KftError(f"{where} has more cells than the header.")
+    for number, record in table_records(
+            handle, path, kind, (prompt_column, response_column),
+            hint="Name them with prompt_column= and response_column=."):
+        where = f"{path}, line {number}"
         examples.append(Example(where, prompt=_string(record[prompt_column], where, "prompt"),
                                 response=_string(record[response_column], where, "response")))
     return examples

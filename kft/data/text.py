@@ -319,9 +319,10 @@ def _read_rows(path, text_column, label_column, multi_label):
     columns = (text_column,) if label_column is None else (text_column, label_column)
     with open(path, newline="", encoding="utf-8") as handle:
         if kind == "jsonl":
-            records = _json_lines(handle, path)
+            records = json_records(handle, path)
         else:
-            records = _table_rows(handle, path, kind, columns)
+            records = table_records(handle, path, kind, columns,
+                                    hint="Name the columns with text_column= and label_column=.")
         for line, record in records:
             place = f"{path}, line {line}"
             for column in columns:
@@ -346,7 +347,9 @@ def _read_rows(path, text_column, label_column, multi_label):
     return rows
 
 
-def _json_lines(handle, path):
+def json_records(handle, path):
+    """`(line number, object)` for each non-blank line of a JSON Lines file;
+    a broken line or one that is not an object is an error naming it."""
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -359,7 +362,13 @@ def _json_lines(handle, path):
         yield number, record
 
 
-def _table_rows(handle, path, kind, needed):
+def table_records(handle, path, kind, needed, hint):
+    """`(line number, row dict)` for each row of a CSV (`kind="csv"`) or TSV file.
+
+    A header without a `needed` column is an error listing the file's columns,
+    followed by `hint` (which arguments name the columns); a row with more
+    cells than the header is an error naming its line.
+    """
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
     reader = csv.DictReader(handle, **options)
     header = reader.fieldnames or []
@@ -367,8 +376,7 @@ def _table_rows(handle, path, kind, needed):
     if missing:
         raise KftError(
             f"{path}, line 1 (header) has no column {', '.join(map(repr, missing))}; its "
-            f"columns are {', '.join(map(repr, header))}. Name the columns with "
-            "text_column= and label_column=."
+            f"columns are {', '.join(map(repr, header))}. {hint}"
         )
     for record in reader:
         if None in record:  # More cells than header columns.
