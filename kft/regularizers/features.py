@@ -25,15 +25,15 @@ from keras import ops
 
 from kft.errors import KftError
 from kft.internal.checks import is_number
-from kft.regularizers.base import Regularizer
 from kft.regularizers.base import masked_mean
 from kft.regularizers.reference import Reference
+from kft.regularizers.reference import ReferenceRegularizer
 from kft.regularizers.reference import check_kind
 from kft.regularizers.reference import feature_model
 from kft.training.feature_cache import split_at_head
 
 
-class FeatureDistance(Regularizer):
+class FeatureDistance(ReferenceRegularizer):
     """`weight * mean ||f(x) - f0(x)||^2` between current and pretrained features.
 
     Args:
@@ -46,7 +46,6 @@ class FeatureDistance(Regularizer):
     """
 
     name = "features"
-    needs_inputs = True
 
     def __init__(self, model=None, weight=0.1, reference="auto"):
         if not (is_number(weight) and weight > 0):
@@ -65,16 +64,6 @@ class FeatureDistance(Regularizer):
         except KftError as error:
             raise KftError(f"FeatureDistance needs the head's input features: {error}") from None
         self._reference = Reference(model, self.reference, arrays=reference, features=True)
-
-    @property
-    def reference_kind(self):
-        """`"adapters_off"` or `"copy"`, once bound."""
-        self._require_bound()
-        return self._reference.kind
-
-    def reference_arrays(self):
-        self._require_bound()
-        return self._reference.arrays()
 
     def forward(self, model, inputs, training):
         features = self._backbone(inputs, training=training)

@@ -20,9 +20,9 @@ from keras import ops
 
 from kft.errors import KftError
 from kft.internal.checks import is_number
-from kft.regularizers.base import Regularizer
 from kft.regularizers.base import masked_mean
 from kft.regularizers.reference import Reference
+from kft.regularizers.reference import ReferenceRegularizer
 from kft.regularizers.reference import check_kind
 
 # What the model's output holds: probabilities over the last axis (softmax),
@@ -31,7 +31,7 @@ OUTPUTS = ("auto", "softmax", "logits", "sigmoid", "sigmoid_logits")
 _EPSILON = 1e-7
 
 
-class OutputKL(Regularizer):
+class OutputKL(ReferenceRegularizer):
     """`weight * KL(p_pretrained || p_model)`, the mean over a batch.
 
     Args:
@@ -45,7 +45,6 @@ class OutputKL(Regularizer):
     """
 
     name = "kl"
-    needs_inputs = True
 
     def __init__(self, model=None, weight=0.1, output="auto", reference="auto"):
         if not (is_number(weight) and weight > 0):
@@ -68,16 +67,6 @@ class OutputKL(Regularizer):
             )
         self.output_kind = self.output if self.output != "auto" else output_kind(model)
         self._reference = Reference(model, self.reference, arrays=reference)
-
-    @property
-    def reference_kind(self):
-        """`"adapters_off"` or `"copy"`, once bound."""
-        self._require_bound()
-        return self._reference.kind
-
-    def reference_arrays(self):
-        self._require_bound()
-        return self._reference.arrays()
 
     def penalty(self, inputs, outputs, extras=None, sample_weight=None):
         self._require_bound()

@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from kft.errors import KftError
+from kft.regularizers.base import Regularizer
 from kft.peft.lora import lora_layers
 from kft.peft.lora import without_adapters
 from kft.training.feature_cache import split_at_head
@@ -139,3 +140,20 @@ def to_numpy(variable):
     value = np.asarray(ops.convert_to_numpy(variable))
     return value if value.dtype.kind in "fiub" else value.astype("float32")
 
+
+class ReferenceRegularizer(Regularizer):
+    """A regulariser that compares each batch with a pretrained `Reference`
+    (`OutputKL`, `FeatureDistance`): its subclasses set `self._reference` in
+    `_bind`."""
+
+    needs_inputs = True
+
+    @property
+    def reference_kind(self):
+        """`"adapters_off"` or `"copy"`, once bound."""
+        self._require_bound()
+        return self._reference.kind
+
+    def reference_arrays(self):
+        self._require_bound()
+        return self._reference.arrays()
