@@ -101,17 +101,14 @@ def lite0(args):
 
 
 def text_run(args):
-    import json
-    import pathlib
-
     from kft import inference
     from kft.export import data_arrays
+    from kft.export import run_export
     from kft.export.signatures import model_input
 
     run = inference.load(args.run)
-    params = json.loads((pathlib.Path(args.run) / "params.json").read_text())
-    recipe = run.recipe()
-    data = recipe.build_data(recipe.resolve(params))
+    _, params, _, _ = run_export.run_files(run.run_dir)
+    data = run_export.recipe_data(run.run_dir, params, None, "--run rebuilds the data")
     spec = model_input(run.model)
     parts = [data_arrays.labelled_examples(split, spec)
              for split in (data.validation, getattr(data, "test", None)) if split is not None]
@@ -146,13 +143,7 @@ def compare_quantizers(report, texts, labels, run, scratch):
     import onnx
     from onnxruntime import quantization
 
-    import tensorflow as tf
-
-    from kft.export.signatures import _preprocessor
-
-    tokens = _preprocessor(run.model)(tf.constant(texts.reshape(-1).tolist()))
-    feeds = {tensor.name: np.asarray(tokens[tensor.name]).astype("int32")
-             for tensor in run.model.inputs}
+    feeds = onnx_export.token_feeds(run.model, texts)
     prepared = os.path.join(scratch, "prepared.onnx")
     quantization.quant_pre_process(str(report.model_file), prepared, skip_symbolic_shape=True)
     matmuls = [node.name for node in onnx.load(prepared).graph.node if node.op_type == "MatMul"]

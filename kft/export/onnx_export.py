@@ -292,8 +292,7 @@ class _Graph:
         """ONNX feeds for model inputs (images, or raw strings for text)."""
         if self.spec.kind == "image":
             return {"images": inputs}
-        tokens = self.preprocessor(tf.constant(np.asarray(inputs).reshape(-1).tolist()))
-        return {name: np.asarray(tokens[name]).astype("int32") for name in self.names}
+        return token_feeds(self.model, inputs)
 
     def check_inputs(self, validation, calibration):
         if validation is not None:
@@ -425,6 +424,15 @@ class _Calibration:
         if batch is None:
             raise StopIteration
         return batch
+
+
+def token_feeds(model, texts):
+    """The ONNX feeds of a text model for raw `texts`: its preprocessor's token
+    arrays, int32 `[N, sequence]`, one per model input (the graph's inputs)."""
+    tokens = signatures._preprocessor(model)(
+        tf.constant(np.asarray(texts, dtype=object).reshape(-1).tolist()))
+    return {tensor.name: np.asarray(tokens[tensor.name]).astype("int32")
+            for tensor in model.inputs}
 
 
 def run_onnx(path, feeds, batch_size=64):

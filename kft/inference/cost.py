@@ -219,8 +219,8 @@ def _inputs(run, params, recipe, max_examples):
     from kft.export.signatures import model_input
     from kft.export import run_export
 
-    if recipe is None and not (run.run_dir / run_export.RECIPE_COPY).is_file() \
-            or run.kind == "token":
+    no_recipe = recipe is None and not (run.run_dir / run_export.RECIPE_COPY).is_file()
+    if no_recipe or run.kind == "token":
         return None, _synthetic(run), None
     data = run_export.recipe_data(run.run_dir, params, recipe,
                                   "kft bench measures on the run's validation data")
@@ -253,13 +253,9 @@ def _arrays(run, examples):
     key = "sentences" if run.kind == "token" else "text"
     arrays = {key: np.array(texts, dtype=str)}
     if run.kind == "text":
-        import tensorflow as tf
+        from kft.export.onnx_export import token_feeds
 
-        from kft.export.signatures import _preprocessor
-
-        tokens = _preprocessor(run.model)(tf.constant(texts))
-        for tensor in run.model.inputs:
-            arrays[tensor.name] = np.asarray(tokens[tensor.name]).astype("int32")
+        arrays.update(token_feeds(run.model, texts))
     return arrays
 
 
