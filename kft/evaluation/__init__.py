@@ -1,7 +1,8 @@
 """Evaluation beyond Keras metrics: per-class reports, confusion matrices,
-entity-level scores for taggers, baselines."""
+entity-level scores for taggers, scores of generated text, baselines."""
 
 from kft.evaluation import entities
+from kft.evaluation import generation
 
 from kft.evaluation.classification import ClassificationReport
 from kft.evaluation.classification import evaluate

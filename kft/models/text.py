@@ -10,7 +10,8 @@ for `kft.freeze` / `kft.unfreeze` and recipe stages; the encoder splits into
 
 Token classification (named entities) is `token_classifier` and
 `predict_words`; domain vocabulary is `add_tokens`. Causal language models
-(keras-hub presets, checkpoint folders, GGUF files) are `causal_lm`.
+(keras-hub presets, checkpoint folders, GGUF files) are `causal_lm`,
+`generate`, `format_chat` and `response_loss`.
 """
 
 import keras
@@ -21,6 +22,8 @@ from kft.models.weights import text_presets
 # kft.text also offers causal LMs, token classification and vocabulary surgery.
 from kft.models.causal_lm import causal_lm  # noqa: F401
 from kft.models.chat_format import format_chat  # noqa: F401
+from kft.models.generation import generate  # noqa: F401
+from kft.models.instruction_preprocessor import response_loss  # noqa: F401
 from kft.models.token_classifier import TokenClassifier  # noqa: F401
 from kft.models.token_classifier import predict_words  # noqa: F401
 from kft.models.token_classifier import token_classifier  # noqa: F401
