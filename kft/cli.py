@@ -1,4 +1,5 @@
-"""The `kft` command line: run, tune, info, lr-find, export, predict, evaluate, bench, wise-ft.
+"""The `kft` command line: run, tune, info, lr-find, export, predict, generate, evaluate,
+bench, wise-ft, drift.
 
 Commands parse their options, call the library and print what it returns
 through `kft.console`.
@@ -222,6 +223,31 @@ def predict(run_dir, inputs, texts, column, top, batch_size, output):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=1),
+              help="At most this many new tokens per answer.")
+@click.option("--temperature", type=click.FloatRange(min=0),
+              help="Sample at this temperature (default: greedy).")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling: the smallest set of tokens reaching this probability.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample among the K most likely tokens.")
+@click.option("--seed", type=int, help="Seeds the sampling.")
+def generate(run_dir, prompts, max_tokens, temperature, top_p, top_k, seed):
+    """Answer PROMPTS with RUN_DIR's causal LM (- reads one prompt per line from stdin),
+    each formatted with the chat template the run trained on."""
+    from kft import inference
+
+    if prompts == ("-",):
+        prompts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+        if not prompts:
+            raise KftError("No prompts on stdin.")
+    answers = inference.generate(run_dir, list(prompts), max_tokens=max_tokens,
+                                 temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    Console().answers(list(prompts), answers)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--data", required=True,
               help="Labelled data: an image folder (a subfolder per class), a CSV/TSV/JSONL "
                    "file of texts and labels, or a CoNLL file for a token run.")
@@ -289,6 +315,41 @@ def wise_ft(run_dir, alphas, data, choose, text_column, label_column, batch_size
                             text_column=text_column, label_column=label_column,
                             batch_size=batch_size, recipe=recipe_file)
     Console().wise_ft(found)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--data", "inputs", required=True, multiple=True,
+              help="New inputs, as kft predict reads them: image files or folders, or text "
+                   "files (a text per line), CSV/TSV/JSONL files or - for stdin; repeatable.")
+@click.option("--column", default="text", show_default=True,
+              help="The column (key) of CSV/TSV/JSONL inputs holding the text.")
+@click.option("--quantile", default=0.99, show_default=True,
+              type=click.FloatRange(min=0.5, max=1.0, min_open=True),
+              help="The threshold: this quantile of the distances of held-out resamples.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, exists=True),
+              help="Only for a run without drift_reference.npz: its recipe, to rebuild the "
+                   "reference from its data (default: RUN_DIR/recipe.py).")
+def drift(run_dir, inputs, column, quantile, batch_size, recipe_file):
+    """Check whether new inputs drifted from RUN_DIR's training data: the distance of
+    their embeddings, a bootstrap threshold, a verdict; the report goes to
+    RUN_DIR/drift/. Exit status 1 on drift, 0 without, 2 on bad input."""
+    from kft.inference.drift import FROM_RECIPE
+    from kft.inference.drift import drift as check_drift
+
+    found = check_drift(run_dir, list(inputs), column=column, quantile=quantile,
+                        batch_size=batch_size, recipe=recipe_file)
+    shown = Console()
+    if found.reference_source == FROM_RECIPE:
+        saved = f"saved as {found.reference_file}" if found.reference_file else "not saved"
+        shown.warning("The run held no drift_reference.npz: computed the reference from its "
+                      f"recipe's data ({saved}).")
+    if found.skipped:
+        shown.warning(f"Skipped {len(found.skipped)} unreadable file(s).")
+    shown.line(found.table())
+    if found.drifted:
+        sys.exit(1)
 
 
 # Inputs above which `kft predict` shows a progress bar.

@@ -66,11 +66,30 @@ class Console:
             if data.num_test:
                 counts += f", {data.num_test} test"
             counts += " examples"
+        if data.task == "causal_lm":
+            self._instruction_data(data.instructions, counts)
+            return
         self.line(f"Data{counts}, {len(data.class_names)} classes")
         if data.skipped:
             shown = ", ".join(str(path) for path in data.skipped[:3])
             more = f" and {len(data.skipped) - 3} more" if len(data.skipped) > 3 else ""
             self.line(f"Skipped {len(data.skipped)} unreadable file(s): {shown}{more}")
+
+    def _instruction_data(self, instructions, counts):
+        self.line(f"Data{counts} ({instructions.kind} from {instructions.source}; "
+                  f"{instructions.duplicates} duplicates left out)")
+        if instructions.skipped:
+            more = f" and {len(instructions.skipped) - 1} more" \
+                if len(instructions.skipped) > 1 else ""
+            self.warning(f"Left out {len(instructions.skipped)} malformed entries: "
+                         f"{instructions.skipped[0]}{more}")
+        packing = instructions.packing or {}
+        if packing.get("prompts_truncated"):
+            self.warning(f"{packing['prompts_truncated']} of {packing['examples']} prompts were "
+                         "shortened from the start to fit sequence_length (never a response)")
+        if packing.get("dropped"):
+            self.warning(f"{packing['dropped']} examples whose response alone does not fit "
+                         "sequence_length are left out of the loss")
 
     def float32_outputs(self, layer_names):
         if layer_names:
@@ -101,6 +120,19 @@ class Console:
             self.line(f"{name}: accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f}")
         self.line(f"({seconds:.0f}s)")
 
+    def base_model(self, baseline, seconds):
+        """A causal LM's scores before fine-tuning."""
+        self.heading("== Baseline: the model before fine-tuning ==")
+        for name in ("validation", "test"):
+            if name in baseline:
+                self.line(f"{name}: loss {baseline[name]['loss']:.4f}, "
+                          f"perplexity {baseline[name]['perplexity']:.2f}")
+        generated = baseline.get("generation")
+        if generated:
+            self.line(f"{generated['examples']} {generated['split']} answers: "
+                      f"BLEU {generated['bleu']:.2f}, ROUGE-L {generated['rouge_l']:.4f}")
+        self.line(f"({seconds:.0f}s)")
+
     def run_summary(self, result):
         """The stage table, final metrics, per-class reports and where it all is.
 
@@ -124,6 +156,8 @@ class Console:
                     f"macro F1 {probe['macro_f1']:.4f}; fine-tuned: accuracy "
                     f"{report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}"
                 )
+        if "generation" in metrics:
+            self.line(generation_table(metrics))
         self.line(f"Results in {result.run_dir.path}")
 
     # ---------------------------------------------------------------- search
@@ -215,6 +249,8 @@ class Console:
             for row in found.rows:
                 self.line(f"{row.input}: " + " ".join(
                     f"{word}/{tag}" for word, tag in zip(row.text.split(), row.tags)))
+        elif found.kind == "generation":
+            self.answers([row.text for row in found.rows], [row.answer for row in found.rows])
         else:
             rows = [[row.input if found.kind == "image" else _shortened(row.text)]
                     + [f"{label} {probability:.4f}" for label, probability in row.top]
@@ -227,6 +263,13 @@ class Console:
             shown = ", ".join(found.skipped[:3])
             more = f" and {len(found.skipped) - 3} more" if len(found.skipped) > 3 else ""
             self.warning(f"Skipped {len(found.skipped)} unreadable file(s): {shown}{more}")
+
+    def answers(self, prompts, answers):
+        """Each prompt and its generated answer (`kft generate`, `kft predict`)."""
+        for index, (prompt, answer) in enumerate(zip(prompts, answers)):
+            if len(prompts) > 1:
+                self.line(f"{'' if index == 0 else chr(10)}> {_shortened(prompt)}")
+            self.line(answer)
 
     def evaluated(self, scored):
         if scored.metrics:
@@ -409,3 +452,39 @@ def _shortened(text, width=50):
 
 def _metric(value):
     return "" if value is None else f"{value:.4f}"
+
+
+def generation_table(metrics):
+    """Base against fine-tuned causal LM: perplexity, BLEU, ROUGE-L, and a few answers."""
+    generated = metrics["generation"]
+    split = generated["split"]
+    prefix = "test_" if split == "test" else "val_"
+    baseline = metrics.get("baseline", {})
+    rows = [("base model", baseline.get(split, {}).get("perplexity"), generated["base"]),
+            ("fine-tuned", metrics["final"].get(f"{prefix}perplexity"), generated["fine_tuned"])]
+    lines = [f"{split.capitalize()} set: {generated['fine_tuned']['examples']} prompts, "
+             f"at most {generated['max_tokens']} new tokens",
+             f"{'':<12}{'perplexity':>12}{'BLEU':>8}{'ROUGE-L':>9}"]
+    for name, perplexity, scores in rows:
+        shown = f"{perplexity:>12.2f}" if perplexity is not None else f"{'-':>12}"
+        bleu = f"{scores['bleu']:>8.2f}" if "bleu" in scores else f"{'-':>8}"
+        rouge = f"{scores['rouge_l']:>9.4f}" if "rouge_l" in scores else f"{'-':>9}"
+        lines.append(f"{name:<12}{shown}{bleu}{rouge}")
+    for sample in generated.get("samples", []):
+        lines += ["", f"prompt:     {_last_turn(sample['prompt'])}",
+                  f"reference:  {sample['reference']}",
+                  f"base:       {sample['base']}",
+                  f"fine-tuned: {sample['fine_tuned']}"]
+    return "\n".join(lines)
+
+
+def _last_turn(prompt):
+    """A chat prompt's last user message, on one line."""
+    text = prompt
+    for marker in ("<|im_start|>user\n", "user\n"):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+            break
+    for marker in ("<|im_end|>", "<|im_start|>"):
+        text = text.split(marker, 1)[0]
+    return " ".join(text.split())

@@ -11,7 +11,7 @@ import dataclasses
 from kft.errors import KftError
 
 TASKS = ("classification", "image_classification", "text_classification",
-         "token_classification")
+         "token_classification", "causal_lm")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -30,7 +30,11 @@ class Data:
         class_weight: `{label: weight}` for `fit`, or `None`.
         multi_label: labels are multi-hot vectors, not class indices.
         skipped: inputs left out because they could not be read.
-        task: what the labels are for, one of `TASKS`.
+        task: what the labels are for, one of `TASKS`. `"causal_lm"`
+            batches are `(x, next tokens, loss weights)`
+            (`kft.data.instructions.InstructionData.run_data`).
+        instructions: for `"causal_lm"`, the `InstructionData` the batches
+            were made from (its held-out prompts are generated from).
     """
 
     train: object
@@ -45,6 +49,7 @@ class Data:
     multi_label: bool = False
     skipped: list = dataclasses.field(default_factory=list)
     task: str = "classification"
+    instructions: object = None
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -80,6 +80,12 @@ class InstructionData:
         duplicates: exact repeats left out.
         skipped: `"file, line N: why"` for entries left out
             (`from_chatterbot(..., skip_malformed=True)`).
+        batch_size: examples per batch of `batches` and `run_data`.
+        chat_format, system_prompt: how pairs and chats are rendered for
+            the model (see `formatted`); `kft run` keeps them for
+            `kft generate`.
+        packing: what `run_data` counted (`examples`, `prompts_truncated`,
+            `dropped`), else `None`.
     """
 
     kind: str
@@ -89,6 +95,10 @@ class InstructionData:
     source: str = ""
     duplicates: int = 0
     skipped: list = dataclasses.field(default_factory=list)
+    batch_size: int = 8
+    chat_format: bool = True
+    system_prompt: str | None = None
+    packing: dict | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -112,7 +122,7 @@ class InstructionData:
             raise KftError(f"split must be 'train', 'validation' or 'test', got {split!r}.")
         return getattr(self, split)
 
-    def formatted(self, tokenizer_or_model, split="train", chat_format=True, system_prompt=None):
+    def formatted(self, tokenizer_or_model, split="train", chat_format=None, system_prompt=None):
         """Prompts and responses as the model will see them.
 
         Args:
@@ -123,9 +133,11 @@ class InstructionData:
                 (`kft.text.format_chat`; ChatML if it has none): the prompt
                 ends with the opened assistant turn, the response with the
                 end-of-turn token. `False`: pairs as they are (already
-                formatted); chats cannot be used unformatted.
+                formatted); chats cannot be used unformatted. `None`: the
+                data's own `chat_format`.
             system_prompt: a system message put first where an example has
-                none (`None`: the template's own default, if any).
+                none (`None`: the data's `system_prompt`, else the
+                template's own default, if any).
 
         Returns:
             `(prompts, responses)`: two lists of strings.
@@ -140,6 +152,8 @@ class InstructionData:
 
         if self.kind == "text":
             raise KftError("Text data has documents, not prompts and responses.")
+        chat_format = self.chat_format if chat_format is None else chat_format
+        system_prompt = self.system_prompt if system_prompt is None else system_prompt
         prompts, responses = [], []
         for example in self.examples(split):
             if chat_format:
@@ -156,8 +170,8 @@ class InstructionData:
             responses.append(response)
         return prompts, responses
 
-    def batches(self, model_or_preprocessor, batch_size=8, split="train", seed=0,
-                chat_format=True, system_prompt=None, shuffle=None):
+    def batches(self, model_or_preprocessor, batch_size=None, split="train", seed=0,
+                chat_format=None, system_prompt=None, shuffle=None):
         """`tf.data` batches of `(x, y, sample_weight)` for a causal LM's `fit`.
 
         Pairs and chats are chat-formatted (`formatted`) and packed by the
@@ -168,12 +182,20 @@ class InstructionData:
         but a document's first a label once. The batches pass through the
         model's preprocessor unchanged, so `model.fit(data.batches(model))`.
 
+        Every example is tokenized and packed once, here: keras-hub's BPE
+        tokenizer inside a `tf.data` map costs about 3 s each time an
+        iterator starts (each epoch's validation, each `evaluate`), more
+        than a tiny model's whole epoch. Each batch is then cut to its
+        longest example, rounded up to the preprocessor's
+        `pad_to_multiple_of`, as the preprocessor itself pads.
+
         Args:
             model_or_preprocessor: a causal LM whose preprocessor is an
                 `InstructionCausalLMPreprocessor`
                 (`kft.models.instruction_preprocessor.use_instruction_preprocessor`),
                 or that preprocessor.
-            batch_size: examples (chunks, for text) per batch.
+            batch_size: examples (chunks, for text) per batch (default: the
+                data's `batch_size`).
             split: `"train"`, `"validation"` or `"test"`.
             seed: seeds the order, drawn anew every epoch.
             chat_format, system_prompt: as for `formatted`. A preprocessor with
@@ -202,6 +224,8 @@ class InstructionData:
         examples = self.examples(split)
         if not examples:
             raise KftError(f"The {split} split of {self.source or 'the data'} holds no examples.")
+        batch_size = self.batch_size if batch_size is None else batch_size
+        chat_format = self.chat_format if chat_format is None else chat_format
         if int(batch_size) < 1:
             raise KftError(f"batch_size must be at least 1, got {batch_size}.")
         shuffle = split == "train" if shuffle is None else shuffle
@@ -217,20 +241,63 @@ class InstructionData:
                 chat_format = False  # The preprocessor renders them.
             prompts, responses = self.formatted(preprocessor.tokenizer, split, chat_format,
                                                 system_prompt)
-            dataset = tf.data.Dataset.from_tensor_slices({"prompt": prompts,
-                                                          "response": responses})
+            packed = preprocessor({"prompt": prompts, "response": responses})
+            dataset = tf.data.Dataset.from_tensor_slices(packed)
         count = int(dataset.cardinality())
         if shuffle:
             dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.batch(int(batch_size))
-        if self.kind != "text":
-            dataset = dataset.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.kind != "text" and preprocessor.pad_to_multiple_of:
+            dataset = dataset.map(_cut_to_longest(preprocessor.pad_to_multiple_of))
         return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def run_data(self, model, seed=0):
+        """The examples as the `kft.data.Data` a run fits (task `"causal_lm"`).
+
+        Gives `model` an `InstructionCausalLMPreprocessor` first if it has
+        another preprocessor (keeping its tokenizer and sequence length), so
+        a recipe's `model()` can return `kft.text.causal_lm(...)` as it is.
+
+        Args:
+            model: a keras-hub `CausalLM` with its preprocessor.
+            seed: seeds the training order.
+
+        Returns:
+            A `Data` whose `train`, `validation` and `test` are `batches`
+            of each split (`None` for an empty one) and whose
+            `instructions` is this data. `packing` then says how many
+            examples were packed, how many prompts were shortened to fit
+            and how many examples were left out (weight 0: the response
+            alone does not fit).
+
+        Raises:
+            KftError: pairs or chats are to be chat-formatted, but the model
+                has no chat template and its tokenizer lacks the default
+                template's tokens (`<|im_start|>`, `<|im_end|>`), so it
+                could never learn where a turn ends.
+        """
+        from kft.data.data import Data
+        from kft.models import instruction_preprocessor
+
+        if not isinstance(getattr(model, "preprocessor", None),
+                          instruction_preprocessor.InstructionCausalLMPreprocessor):
+            instruction_preprocessor.use_instruction_preprocessor(model)
+        if self.kind != "text" and self.chat_format:
+            _check_chat_tokens(model.preprocessor.tokenizer)
+        model.preprocessor.reset_counts()
+        train = self.batches(model, split="train", seed=seed)
+        held = {split: self.batches(model, split=split) if self.examples(split) else None
+                for split in ("validation", "test")}
+        self.packing = model.preprocessor.truncation_counts
+        return Data(train=train, class_names=[],
+                    num_train=self.num_train, num_validation=self.num_validation,
+                    num_test=self.num_test, batch_size=int(self.batch_size),
+                    skipped=list(self.skipped), task="causal_lm", instructions=self, **held)
 
 
 def load(path, validation_split=0.1, test_split=0.1, seed=0, prompt_column="prompt",
          response_column="response", messages_column="messages", validation=None, test=None,
-         deduplicate=True):
+         deduplicate=True, batch_size=8):
     """Reads prompt/response pairs, chats or plain text from a file.
 
     Args:
@@ -246,6 +313,7 @@ def load(path, validation_split=0.1, test_split=0.1, seed=0, prompt_column="prom
         validation, test: separate files of the same kind, used instead of
             the splits.
         deduplicate: leave out exact repeats (counted in `duplicates`).
+        batch_size: the data's `batch_size`.
 
     Returns:
         An `InstructionData`.
@@ -271,11 +339,11 @@ def load(path, validation_split=0.1, test_split=0.1, seed=0, prompt_column="prom
             if held_kind != kind:
                 raise KftError(f"{file} holds {held_kind} examples, but {path} holds {kind}.")
     return _instruction_data(kind, examples, held, validation_split, test_split, seed,
-                             deduplicate, str(path))
+                             deduplicate, str(path), batch_size)
 
 
 def from_lists(prompts, responses, validation_split=0.1, test_split=0.1, seed=0,
-               deduplicate=True):
+               deduplicate=True, batch_size=8):
     """Builds pairs from two lists of strings (see `load` for the arguments).
 
     Example:
@@ -292,7 +360,7 @@ def from_lists(prompts, responses, validation_split=0.1, test_split=0.1, seed=0,
         examples.append(Example(where, prompt=_string(prompt, where, "prompt"),
                                 response=_string(response, where, "response")))
     return _instruction_data("pairs", examples, {}, validation_split, test_split, seed,
-                             deduplicate, "the lists")
+                             deduplicate, "the lists", batch_size)
 
 
 def read_file(path, prompt_column="prompt", response_column="response",
@@ -335,7 +403,8 @@ def read_file(path, prompt_column="prompt", response_column="response",
 
 
 def from_chatterbot(paths_or_folder, validation_split=0.1, test_split=0.1, seed=0,
-                    conversations="answers", deduplicate=True, skip_malformed=False):
+                    conversations="answers", deduplicate=True, skip_malformed=False,
+                    batch_size=8):
     """Reads chatterbot-corpus YAML files (`categories:` and `conversations:` lists).
 
     Each conversation is a list of statements. With `conversations="answers"`
@@ -354,7 +423,7 @@ def from_chatterbot(paths_or_folder, validation_split=0.1, test_split=0.1, seed=
     Args:
         paths_or_folder: a `.yml` file, a folder (every `.yml`/`.yaml`
             below it, in name order) or a list of files and folders.
-        validation_split, test_split, seed, deduplicate: as for `load`.
+        validation_split, test_split, seed, deduplicate, batch_size: as for `load`.
         conversations: `"answers"` or `"dialogue"` (see above).
         skip_malformed: leave out conversations that are not a list of at
             least two statements (listed in `skipped`) instead of raising.
@@ -388,7 +457,7 @@ def from_chatterbot(paths_or_folder, validation_split=0.1, test_split=0.1, seed=
     kind = "chat" if conversations == "dialogue" else "pairs"
     source = str(files[0]) if len(files) == 1 else f"{len(files)} chatterbot files"
     data = _instruction_data(kind, examples, {}, validation_split, test_split, seed,
-                             deduplicate, source)
+                             deduplicate, source, batch_size)
     data.skipped = skipped
     return data
 
@@ -580,7 +649,9 @@ def _group(example, index):
 
 
 def _instruction_data(kind, examples, held, validation_split, test_split, seed, deduplicate,
-                      source):
+                      source, batch_size=8):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise KftError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     for name, fraction in (("validation_split", validation_split), ("test_split", test_split)):
         if not 0 <= fraction < 1:
             raise KftError(f"{name} must be in [0, 1), got {fraction}.")
@@ -613,7 +684,8 @@ def _instruction_data(kind, examples, held, validation_split, test_split, seed, 
     train_groups = set(shuffled[taken:])
     train = [e for e, g in zip(examples, groups) if g in train_groups]
     return InstructionData(kind=kind, train=train, validation=sets["validation"],
-                           test=sets["test"], source=source, duplicates=duplicates)
+                           test=sets["test"], source=source, duplicates=duplicates,
+                           batch_size=batch_size)
 
 
 def _instruction_preprocessor(model_or_preprocessor):
@@ -627,6 +699,35 @@ def _instruction_preprocessor(model_or_preprocessor):
             "use_instruction_preprocessor(model) first."
         )
     return preprocessor
+
+
+def _check_chat_tokens(tokenizer):
+    from kft.models.chat_format import chat_template_of
+
+    if chat_template_of(tokenizer):
+        return
+    missing = [token for token in ("<|im_start|>", "<|im_end|>")
+               if len(tokenizer(token)) != 1]
+    if missing:
+        raise KftError(
+            f"The model has no chat template, and its tokenizer splits the default (ChatML) "
+            f"template's {' and '.join(missing)} into pieces, so it could not learn where an "
+            "answer ends. Use a model with a chat template, add the tokens "
+            "(kft.text.add_tokens), or give pre-formatted prompts with chat_format=False.")
+
+
+def _cut_to_longest(multiple):
+    """A batch's columns past its longest example (rounded up to `multiple`) dropped."""
+    import tensorflow as tf
+
+    def cut(x, y, weights):
+        longest = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
+        width = tf.minimum((longest + multiple - 1) // multiple * multiple,
+                           tf.shape(y)[1])
+        x = {key: value[:, :width] for key, value in x.items()}
+        return x, y[:, :width], weights[:, :width]
+
+    return cut
 
 
 def _chunks(preprocessor, examples):

@@ -1,4 +1,4 @@
-"""`kft predict`: a run's model on new images or texts, top-K labels per input."""
+"""`kft predict`: a run's model on new images or texts: top-K labels, tags or an answer per input."""
 
 import csv
 import dataclasses
@@ -27,12 +27,14 @@ class Prediction:
         text: the text (text and token runs), else `None`.
         top: `(label, probability)` pairs, most likely first (classifiers).
         tags: one tag per word (token runs), else `None`.
+        answer: the generated answer (causal-LM runs), else `None`.
     """
 
     input: str
     text: str = None
     top: list = dataclasses.field(default_factory=list)
     tags: list = None
+    answer: str = None
 
     @property
     def label(self):
@@ -48,6 +50,8 @@ class Prediction:
             row["text"] = self.text
         if self.tags is not None:
             row["tags"] = self.tags
+        elif self.answer is not None:
+            row["answer"] = self.answer
         else:
             row.update(label=self.label, probability=self.probability,
                        top=[{"label": label, "probability": p} for label, p in self.top])
@@ -86,6 +90,10 @@ class Predictions:
                 writer.writerow(["input", "text", "tags"])
                 writer.writerows([row.input, row.text, " ".join(row.tags)] for row in self.rows)
                 return
+            if self.kind == "generation":
+                writer.writerow(["input", "text", "answer"])
+                writer.writerows([row.input, row.text, row.answer] for row in self.rows)
+                return
             k = max((len(row.top) for row in self.rows), default=1)
             header = ["input"] + (["text"] if texts else [])
             for rank in range(1, k + 1):
@@ -106,16 +114,19 @@ def predict(run, inputs=(), texts=(), column="text", top=1, batch_size=32, progr
         run: a run directory or a `RunModel` (`kft.inference.load`), so a
             caller predicting several times loads the model once.
         inputs: for an image run, image files and folders (searched
-            recursively); for a text or token run, text files (one text per
-            line), CSV/TSV/JSON Lines files (their `column`) or `-` (stdin).
-        texts: texts given directly (text and token runs).
+            recursively); for a text, token or causal-LM run, text files (one
+            text per line), CSV/TSV/JSON Lines files (their `column`) or `-`
+            (stdin).
+        texts: texts given directly (text, token and causal-LM runs).
         column: the column of table files holding the text.
         top: how many labels to report per input, most likely first.
         batch_size: inputs per forward pass.
         progress: called as `progress(done, total)` after each batch.
 
     Returns:
-        `Predictions`; unreadable image files are counted and skipped.
+        `Predictions`; unreadable image files are counted and skipped. A
+        causal-LM run answers each text (`kind` `"generation"`, greedy, at
+        most 64 new tokens; `kft.inference.generate` has the options).
 
     Example:
     ```python
@@ -138,6 +149,13 @@ def predict(run, inputs=(), texts=(), column="text", top=1, batch_size=32, progr
     found, origins = input_files.texts(inputs, column=column, literal=texts)
     if run.kind == "token":
         return _predict_tags(run, found, origins, batch_size, progress)
+    if run.kind == "causal_lm":
+        from kft.inference.generate import generate
+
+        answers = generate(run, found, batch_size=min(batch_size, 16))
+        rows = [Prediction(input=origin, text=text, answer=answer)
+                for origin, text, answer in zip(origins, found, answers)]
+        return Predictions(kind="generation", rows=rows, skipped=[])
     probabilities = predict_by_length(
         run.model, found, batch_size,
         callbacks=_progress(progress, batch_size, len(found), len(found)))

@@ -136,7 +136,9 @@ class InstructionCausalLMPreprocessor(keras_hub.models.CausalLMPreprocessor):
         self.apply_chat_template = bool(apply_chat_template)
         self.system_prompt = system_prompt
         self.pad_to_multiple_of = None if pad_to_multiple_of is None else int(pad_to_multiple_of)
-        if add_start_token and getattr(tokenizer, "start_token_id", None) is None:
+        # A tokenizer being deserialized gets its vocabulary (and token ids) later.
+        loading = hasattr(tokenizer, "vocabulary") and tokenizer.vocabulary is None
+        if add_start_token and not loading and getattr(tokenizer, "start_token_id", None) is None:
             raise KftError("add_start_token=True, but the tokenizer has no start token.")
         # Plain Python state, not a Keras/TF variable: a variable made under a
         # distribution strategy would be mirrored, and it would land in the

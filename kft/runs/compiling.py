@@ -14,6 +14,8 @@ _OPTIMIZERS = {
     "lion": lambda lr, wd: keras.optimizers.Lion(lr),
 }
 OPTIMIZER_NAMES = tuple(_OPTIMIZERS)
+# `kft.Recipe`'s default loss.
+_DEFAULT_LOSS = "sparse_categorical_crossentropy"
 
 
 def compile_stage(model, recipe, stage, steps_per_epoch, accumulate=1):
@@ -32,16 +34,39 @@ def compile_stage(model, recipe, stage, steps_per_epoch, accumulate=1):
     """
     model.compile(
         optimizer=stage_optimizer(model, stage, steps_per_epoch, accumulate),
-        loss=recipe.loss,
-        metrics=list(recipe.metrics),
         jit_compile=recipe.jit_compile,
+        **loss_and_metrics(model, recipe),
     )
 
 
 def compile_for_evaluation(model, recipe):
     """Compiles `model` with the recipe's loss and metrics, to evaluate it."""
-    model.compile(optimizer="adam", loss=recipe.loss, metrics=list(recipe.metrics),
-                  jit_compile=recipe.jit_compile)
+    model.compile(optimizer="adam", jit_compile=recipe.jit_compile,
+                  **loss_and_metrics(model, recipe))
+
+
+def loss_and_metrics(model, recipe):
+    """`model.compile`'s loss and metrics arguments for the recipe.
+
+    A causal LM's batches weigh each position (0 on prompts and padding), so
+    its metrics are weighted ones, and the recipe's default loss (sparse
+    categorical cross-entropy on probabilities) becomes the mean over
+    response tokens on logits (`kft.text.response_loss`). Its generation
+    is greedy unless `kft.text.generate` is told otherwise.
+    """
+    if not _is_causal_lm(model):
+        return {"loss": recipe.loss, "metrics": list(recipe.metrics)}
+    from kft.models.instruction_preprocessor import response_loss
+
+    loss = response_loss() if recipe.loss == _DEFAULT_LOSS else recipe.loss
+    return {"loss": loss, "metrics": [], "weighted_metrics": list(recipe.metrics),
+            "sampler": "greedy"}
+
+
+def _is_causal_lm(model):
+    import keras_hub
+
+    return isinstance(model, keras_hub.models.CausalLM)
 
 
 def stage_optimizer(model, stage, steps_per_epoch, accumulate=1):

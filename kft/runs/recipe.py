@@ -28,6 +28,11 @@ RUN_PARAMS = {
 }
 
 
+# A causal-LM run's answers to held-out prompts (`Recipe.generation`).
+GENERATION_DEFAULTS = {"max_tokens": 64, "prompts": 64, "split": None, "temperature": None,
+                       "top_p": None, "top_k": None, "seed": None}
+
+
 @dataclasses.dataclass
 class Stage:
     """One phase of a fine-tuning plan: what trains, for how long, how fast.
@@ -113,8 +118,10 @@ class Recipe:
         model: `(params, data) -> keras.Model`, not compiled.
         stages: `params -> list of Stage`.
         metrics: Keras metrics to compile with; the loss is sparse categorical
-            cross-entropy unless `loss` is given.
-        loss: a Keras loss or its name.
+            cross-entropy unless `loss` is given. A causal LM weighs them by
+            its loss weights (the response tokens).
+        loss: a Keras loss or its name. For a causal LM the default is the
+            mean cross-entropy over response tokens (`kft.text.response_loss`).
         monitor: the validation metric that picks the best checkpoint (and
             that `kft tune` optimises by default).
         monitor_mode: `"auto"` (the loss falls, a metric moves in its Keras
@@ -129,6 +136,13 @@ class Recipe:
             transformer can take longer than a short run on CPU).
         search: what `kft tune` searches: param name -> `kft.tuning.LogUniform`,
             `Uniform`, `Int`, `Choice` or `Budget`; every name must be a param.
+        generation: for causal-LM runs (`data()` returns a
+            `kft.data.instructions.InstructionData`), how the held-out
+            prompts are answered by the base and the fine-tuned model:
+            a dict (or `params -> dict`) of `max_tokens` (64), `prompts`
+            (how many held-out prompts, 64), `split` (`"test"`, else
+            `"validation"`) and `kft.text.generate`'s `temperature`,
+            `top_p`, `top_k`, `seed`.
 
     Example:
     ```python
@@ -157,6 +171,7 @@ class Recipe:
     baseline: Any = None
     jit_compile: Any = "auto"
     search: Optional[dict] = None
+    generation: Any = None
     # The file the recipe was loaded from (set by `load`); runs keep a copy.
     source: Optional[str] = dataclasses.field(default=None, repr=False)
 
@@ -203,10 +218,35 @@ class Recipe:
         return types.SimpleNamespace(**params)
 
     def build_data(self, params):
-        """The recipe's data for `params`, as a `kft.data.Data`."""
+        """The recipe's data for `params`: a `kft.data.Data`, or the
+        `InstructionData` of a causal-LM run (batched once the model exists,
+        `InstructionData.run_data`)."""
         from kft.data import as_data
+        from kft.data.instructions import InstructionData
 
-        return as_data(self._call("data", params))
+        data = self._call("data", params)
+        return data if isinstance(data, InstructionData) else as_data(data)
+
+    def generation_for(self, params):
+        """The resolved `generation` options for `params` (see the class docstring)."""
+        given = self._call("generation", params) if callable(self.generation) \
+            else self.generation
+        options = dict(GENERATION_DEFAULTS)
+        unknown = sorted(set(given or {}) - set(options))
+        if unknown:
+            raise KftError(f"Recipe {self.name!r}: unknown generation option(s) "
+                           f"{', '.join(map(repr, unknown))}; known: {', '.join(options)}.")
+        options.update(given or {})
+        if options["split"] not in (None, "test", "validation"):
+            raise KftError(f"Recipe {self.name!r}: generation split must be 'test' or "
+                           f"'validation', got {options['split']!r}.")
+        for name in ("max_tokens", "prompts"):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or \
+                    (name == "max_tokens" and value < 1):
+                raise KftError(f"Recipe {self.name!r}: generation {name} must be a whole "
+                               f"number >= {1 if name == 'max_tokens' else 0}, got {value!r}.")
+        return options
 
     def build_model(self, params, data):
         """The recipe's (uncompiled) model for `params` and `data`."""

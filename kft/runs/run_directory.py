@@ -4,7 +4,8 @@ Layout:
 ```
 runs/<recipe>-<YYYYmmdd-HHMMSS>/
   params.json        resolved hyperparameters
-  labels.json        class names, in output order
+  labels.json        class names, in output order (classifiers and taggers)
+  generation.json    causal LMs: the data's kind and how prompts are formatted
   state.json         progress: stages and epochs done, best score, status
                      (running, interrupted, failed, finished), recipe SHA-256
   history.csv        one row per epoch, all stages, with a `stage` column
@@ -13,7 +14,9 @@ runs/<recipe>-<YYYYmmdd-HHMMSS>/
   model.keras        the final model
   regularizers/      stage-N.npz: what a regularised stage compares against (its start),
                      for a resume in the middle of the stage
+  baseline.json      the linear probe's scores, or a causal LM's before fine-tuning
   metrics.json       final and best validation metrics, per-stage summary
+  samples.jsonl      causal LMs: held-out prompts, references, base and fine-tuned answers
   curves.png         loss and accuracy per epoch, stage boundaries marked
 ```
 """
@@ -129,6 +132,9 @@ class RunDirectory:
     def write_json(self, name, value):
         self.publish(self.path / name, lambda tmp: tmp.write_text(
             json_text.dumps(value)))
+
+    def write_text(self, name, text):
+        self.publish(self.path / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def read_json(self, name):
         return json.loads((self.path / name).read_text())

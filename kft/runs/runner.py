@@ -18,8 +18,10 @@ from kft import console
 from kft import freezing
 from kft import saving
 from kft import tracking
+from kft.data.instructions import InstructionData
 from kft.errors import KftError
 from kft.errors import TrainingDiverged
+from kft.inference.drift import store_reference
 from kft.runs import callbacks as run_callbacks
 from kft.runs import history
 from kft.runs import regularizing
@@ -154,8 +156,6 @@ def _run(recipe, params, strategy, output, resume, out, tracker):
         raise KftError(f"Recipe {recipe.name!r}: every stage has 0 epochs; nothing would train.")
     keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
     data = recipe.build_data(params)
-    out.data(data)
-    _check_schedules(stages, data, params)
     if resume is not None:
         run_dir = RunDirectory.existing(resume)
         state = run_dir.read_json("state.json")
@@ -164,11 +164,19 @@ def _run(recipe, params, strategy, output, resume, out, tracker):
         # kft.saving.load_model also restores PEFT layers inside keras-hub blocks.
         model = (saving.load_model(run_dir.last_checkpoint) if resumed
                  else recipe.build_model(params, data))
-        out.run_directory(run_dir, resumed_after=state["epoch"])
-        history.drop_unfinished(run_dir, state["epoch"])
     else:
         resumed = False
         model = recipe.build_model(params, data)
+    if isinstance(data, InstructionData):
+        # A causal LM's batches come from its own tokenizer and chat template.
+        data = data.run_data(model, seed=int(getattr(params, "seed", 0)))
+        recipe.generation_for(params)  # Bad options fail before the run directory.
+    out.data(data)
+    _check_schedules(stages, data, params)
+    if resume is not None:
+        out.run_directory(run_dir, resumed_after=state["epoch"])
+        history.drop_unfinished(run_dir, state["epoch"])
+    else:
         run_dir, state = _new_run_directory(recipe, params, output)
         out.run_directory(run_dir)
     try:
@@ -207,10 +215,16 @@ def _check_schedules(stages, data, params):
 def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tracker):
     if params.precision != "float32":
         out.float32_outputs(precision.float32_outputs(model))
-    run_dir.write_json("labels.json", list(data.class_names))
-    probe_done = (run_dir.path / results.BASELINE_FILE).is_file()
-    if recipe.baseline_for(params) and not resumed and not probe_done:
-        out.baseline(*results.linear_probe_baseline(recipe, model, data, params, run_dir))
+    baseline_done = (run_dir.path / results.BASELINE_FILE).is_file()
+    if data.task == "causal_lm":
+        results.write_generation_settings(data, run_dir)
+        if not resumed and not baseline_done:
+            # Before any stage trains: the un-fine-tuned model's scores.
+            out.base_model(*results.base_model_baseline(recipe, model, data, params, run_dir))
+    else:
+        run_dir.write_json("labels.json", list(data.class_names))
+        if recipe.baseline_for(params) and not resumed and not baseline_done:
+            out.baseline(*results.linear_probe_baseline(recipe, model, data, params, run_dir))
 
     starts = stage_plan.stage_starts(stages)
     stage_rows = list(state["stages"])
@@ -244,7 +258,9 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
 
     run_dir.save_model(model, run_dir.final_model)
     metrics, reports = results.final_results(recipe, model, data, stages, stage_rows, state,
-                                             run_dir)
+                                             run_dir, params)
+    # What `kft drift` compares production inputs with (classifiers only).
+    store_reference(model, data, run_dir.path, seed=int(getattr(params, "seed", 0)))
     # Before the state says finished: an interrupt while uploading leaves both
     # saying interrupted (the results are all written).
     tracker.finish(run_dir, metrics)

@@ -1,4 +1,5 @@
-"""Running the `kft` command as a user does: a fresh process, from a folder."""
+"""Running the `kft` command as a user does: a fresh process, from a folder, or
+in this process through the console script's entry point."""
 
 import os
 import pathlib
@@ -27,6 +28,21 @@ def kft(*args, cwd, env=None, timeout=600, background=False, **popen):
                                 stderr=subprocess.PIPE, text=True, **popen)
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
                           timeout=timeout, **popen)
+
+
+def entry_point(monkeypatch, capsys, *args):
+    """`kft ARGS` in this process, through the console script's entry point
+    (`python -m kft` calls the same): `(exit status, stdout, stderr)`."""
+    from kft import cli
+
+    monkeypatch.setattr(sys, "argv", ["kft", *map(str, args)])
+    try:
+        cli.entry_point()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 def write_pet_images(root, classes=("cat", "dog"), per_class=12):

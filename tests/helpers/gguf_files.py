@@ -303,3 +303,21 @@ def _numpy(variable):
     import keras
 
     return np.array(keras.ops.convert_to_numpy(variable), dtype="float32")
+
+
+def write_tiny_gpt2_preset(folder, seed=0, max_sequence_length=64):
+    """Writes a tiny random keras-hub GPT-2 preset (backbone and the byte-level
+    tokenizer above) to `folder`; returns it as a string."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    tokens, merges, _ = byte_level_vocabulary()
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(tokens), num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=max_sequence_length)
+    backbone.save_to_preset(str(folder))
+    tokenizer = keras_hub.models.GPT2Tokenizer(
+        vocabulary={token: i for i, token in enumerate(tokens)}, merges=merges)
+    tokenizer.save_to_preset(str(folder))
+    return str(folder)
