@@ -177,18 +177,29 @@ def lr_find(recipe_file, stage, data, overrides, output, steps, start_lr, end_lr
 @click.option("--to", "base_dir", required=True, type=click.Path(file_okay=False),
               help="Base folder; the export goes to BASE/NAME/VERSION (TF Serving's layout, "
                    "and Triton's for ONNX).")
-@click.option("--format", "export_format", type=click.Choice(["serving", "onnx"]),
+@click.option("--format", "export_format",
+              type=click.Choice(["serving", "onnx", "keras-hub", "transformers"]),
               default="serving", show_default=True,
-              help="serving: a TF Serving SavedModel; onnx: model.onnx (images or token ids in).")
+              help="serving: a TF Serving SavedModel; onnx: model.onnx (images or token ids "
+                   "in); keras-hub / transformers: a causal LM, adapters merged, as a "
+                   "keras-hub preset folder or in Hugging Face format.")
 @click.option("--name", help="Model name (default: the run's recipe name).")
 @click.option("--version", type=int, help="Version number (default: the next free one).")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Post-training quantization.")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False, exists=True),
               help="The run's recipe, for calibration data (default: RUN_DIR/recipe.py).")
 def export(run_dir, base_dir, export_format, name, version, quantize, recipe_file):
-    """Export RUN_DIR's model for TF Serving (raw image bytes or strings in) or as ONNX."""
-    from kft.export import export_run, export_run_onnx
+    """Export RUN_DIR's model for TF Serving (raw image bytes or strings in), as ONNX, or
+    (causal LMs) as a keras-hub preset or in Hugging Face format."""
+    from kft.export import export_run, export_run_causal_lm, export_run_onnx
 
+    if export_format in ("keras-hub", "transformers"):
+        if quantize:
+            raise KftError(f"--quantize does not apply to --format {export_format}.")
+        folder = export_run_causal_lm(run_dir, base_dir, export_format, name=name,
+                                      version=version)
+        Console().line(f"Exported to {folder}")
+        return
     exporter = export_run_onnx if export_format == "onnx" else export_run
     exporter(run_dir, base_dir, name=name, version=version, quantize=quantize,
              recipe=recipe_file, verbose=True)

@@ -54,7 +54,7 @@ def export_run(run_dir, to, name=None, version=None, quantize=None, recipe=None,
         representative, validation = data.train, data.validation
     model = load_model(model_file)
     path = serving(
-        model, to, name=name or _recipe_name(run) or model.name, version=version,
+        model, to, name=name or recipe_name(run) or model.name, version=version,
         labels=labels, quantize=quantize, representative_data=representative,
         validation_data=validation, verbose=verbose,
         metadata={
@@ -109,7 +109,7 @@ def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=
     run = pathlib.Path(run_dir)
     model_file, params, labels, metrics = run_files(run)
     model = load_model(model_file)
-    folder = versions.model_dir(to, name or _recipe_name(run) or model.name)
+    folder = versions.model_dir(to, name or recipe_name(run) or model.name)
     versions.check_version(folder, version)
     representative = validation = None
     if quantize:
@@ -130,7 +130,14 @@ def export_run_onnx(run_dir, to, name=None, version=None, quantize=None, recipe=
 
 
 def run_files(run):
-    """A finished run's model file, params, labels and metrics (what exports record)."""
+    """A finished run's model file, params, labels and metrics (what exports record).
+
+    Raises:
+        KftError: the run is a causal-LM run, which these formats do not serve.
+    """
+    if (run / "generation.json").is_file():
+        raise KftError(f"{run} is a causal-LM run: export it with --format keras-hub or "
+                       "--format transformers (kft.export.export_run_causal_lm).")
     return (final_model_of(run), _read_json(run / "params.json", {}),
             _read_json(run / "labels.json", None), _read_json(run / "metrics.json", {}))
 
@@ -146,7 +153,7 @@ def _read_json(path, default):
         ) from error
 
 
-def _recipe_name(run):
+def recipe_name(run):
     match = _RUN_NAME.match(run.resolve().name)
     return match.group("recipe") if match else None
 

@@ -33,6 +33,7 @@ def find_learning_rate(recipe, stage_number, overrides=None, data=None, output=N
     keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
     dataset = recipe.build_data(params)
     model = recipe.build_model(params, dataset)
+    dataset = recipe.fit_data(dataset, model, params)
     apply_stage_trainable(model, stage)
     compile_stage(model, recipe, stage, steps_per_epoch=steps_per_epoch(dataset))
     run_dir = RunDirectory.create(f"{recipe.name}-lr-find", output)

@@ -227,6 +227,18 @@ class Recipe:
         data = self._call("data", params)
         return data if isinstance(data, InstructionData) else as_data(data)
 
+    def fit_data(self, data, model, params):
+        """What `build_data` returned, as the `kft.data.Data` that `model` fits: a
+        causal LM's instruction data is batched through its own tokenizer and
+        chat template (`InstructionData.run_data`); a `Data` is returned as is."""
+        from kft.data.instructions import InstructionData
+
+        if not isinstance(data, InstructionData):
+            return data
+        batches = data.run_data(model, seed=int(getattr(params, "seed", 0)))
+        self.generation_for(params)  # Bad options fail before anything trains.
+        return batches
+
     def generation_for(self, params):
         """The resolved `generation` options for `params` (see the class docstring)."""
         given = self._call("generation", params) if callable(self.generation) \

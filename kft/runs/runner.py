@@ -18,7 +18,6 @@ from kft import console
 from kft import freezing
 from kft import saving
 from kft import tracking
-from kft.data.instructions import InstructionData
 from kft.errors import KftError
 from kft.errors import TrainingDiverged
 from kft.inference.drift import store_reference
@@ -167,10 +166,8 @@ def _run(recipe, params, strategy, output, resume, out, tracker):
     else:
         resumed = False
         model = recipe.build_model(params, data)
-    if isinstance(data, InstructionData):
-        # A causal LM's batches come from its own tokenizer and chat template.
-        data = data.run_data(model, seed=int(getattr(params, "seed", 0)))
-        recipe.generation_for(params)  # Bad options fail before the run directory.
+    # A causal LM's batches come from its own tokenizer and chat template.
+    data = recipe.fit_data(data, model, params)
     out.data(data)
     _check_schedules(stages, data, params)
     if resume is not None:

@@ -314,8 +314,9 @@ def write_tiny_gpt2_preset(folder, seed=0, max_sequence_length=64):
     keras.utils.set_random_seed(seed)
     tokens, merges, _ = byte_level_vocabulary()
     backbone = keras_hub.models.GPT2Backbone(
+        # keras-hub's Hugging Face reader takes GPT-2's inner size as 4 x hidden.
         vocabulary_size=len(tokens), num_layers=2, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=max_sequence_length)
+        intermediate_dim=64, max_sequence_length=max_sequence_length)
     backbone.save_to_preset(str(folder))
     tokenizer = keras_hub.models.GPT2Tokenizer(
         vocabulary={token: i for i, token in enumerate(tokens)}, merges=merges)

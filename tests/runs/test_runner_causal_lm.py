@@ -116,6 +116,30 @@ def test_generate_formats_user_prompts_as_the_run_trained(lora_run):
                                        "answer": answers[0]}
 
 
+def test_a_lora_run_exports_merged_as_a_keras_hub_preset(lora_run, tmp_path, monkeypatch,
+                                                         capsys):
+    import keras_hub
+
+    run_dir = lora_run.run_dir.path
+    status, out, _ = entry_point(monkeypatch, capsys, "export", run_dir, "--to",
+                                 tmp_path / "models", "--format", "keras-hub")
+    assert status == 0 and "models/tiny_causal_lm/1" in out
+    plain = keras_hub.models.CausalLM.from_preset(str(tmp_path / "models/tiny_causal_lm/1"))
+    assert not kft.peft.lora_layers(plain)
+    assert type(plain.preprocessor) is keras_hub.models.LlamaCausalLMPreprocessor
+    samples = _samples(run_dir)
+    assert kft.text.generate(plain, [row["prompt"] for row in samples], max_tokens=8) == \
+        [row["fine_tuned"] for row in samples]
+    # keras-hub 0.32 writes no Llama 2 (only Llama 3) in Hugging Face format.
+    with pytest.raises(KftError, match="keras-hub cannot write a LlamaBackbone"):
+        kft.export.export_run_causal_lm(run_dir, tmp_path / "hf", "transformers")
+    assert not list((tmp_path / "hf" / "tiny_causal_lm").iterdir())
+    # Serving formats are for classifiers: one line, exit status 2.
+    status, _, err = entry_point(monkeypatch, capsys, "export", run_dir, "--to",
+                                 tmp_path / "serving")
+    assert status == 2 and "is a causal-LM run: export it with --format keras-hub" in err
+
+
 def test_kft_generate_prints_answers_and_refuses_a_classifier(lora_run, monkeypatch, capsys,
                                                                tmp_path):
     run_dir = lora_run.run_dir.path
@@ -158,8 +182,22 @@ def test_gpt2_domain_recipe_lowers_perplexity_on_real_english(tmp_path):
     # Documents have no prompts: no answers to score, continuations as written.
     assert "generation" not in metrics and not (run_dir / "samples.jsonl").exists()
     assert _json(run_dir, "generation.json")["chat_format"] is False
-    assert kft.inference.generate(run_dir, ["The food was"], max_tokens=5) == \
-        kft.text.generate(result.model, ["The food was"], max_tokens=5)
+    answer = kft.text.generate(result.model, ["The food was"], max_tokens=5)
+    assert kft.inference.generate(run_dir, ["The food was"], max_tokens=5) == answer
+
+    # The tuned model leaves kft: a keras-hub preset and a Hugging Face folder.
+    import keras_hub
+
+    preset = kft.export.export_run_causal_lm(run_dir, tmp_path / "models")
+    assert preset == tmp_path / "models" / "gpt2_domain" / "1"
+    plain = keras_hub.models.CausalLM.from_preset(str(preset))
+    assert type(plain.preprocessor) is keras_hub.models.GPT2CausalLMPreprocessor
+    assert kft.text.generate(plain, ["The food was"], max_tokens=5) == answer
+    hf = kft.export.export_run_causal_lm(run_dir, tmp_path / "hf", "transformers")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in hf.iterdir()}
+    reread = kft.text.causal_lm(str(hf), sequence_length=32)
+    x = plain.preprocessor.generate_preprocess(["The food was"], sequence_length=12)
+    np.testing.assert_allclose(reread(x), plain(x), atol=1e-5)
 
 
 def test_gpt2_domain_recipe_needs_a_corpus():
@@ -187,3 +225,13 @@ def test_chat_data_for_a_tokenizer_without_chat_tokens_is_refused(files, tmp_pat
         data.run_data(gpt2)
     data.chat_format = False
     assert data.run_data(gpt2).num_train == 2
+
+
+def test_lr_find_sweeps_a_causal_lm_recipe(files, tmp_path):
+    from kft.runs.lr_find import find_learning_rate
+
+    result, run_dir = find_learning_rate(recipe_module.load(RECIPE), 1, overrides=files[1],
+                                         output=str(tmp_path), num_steps=6, start_lr=1e-4,
+                                         end_lr=1.0)
+    assert len(result.lrs) == len(result.losses) > 0
+    assert (run_dir.path / "lr_find.png").is_file()
