@@ -333,3 +333,7 @@ def reset_compiled_functions(model, forward_changed=True):
                 layer.train_function = None
             layer.test_function = None
             layer.predict_function = None
+            if hasattr(layer, "generate_function"):
+                # keras-hub's CausalLM / Seq2SeqLM: its traced generation
+                # loop would still add an adapter that was just merged.
+                layer.generate_function = None

@@ -94,3 +94,18 @@ def test_a_prompt_past_the_models_positions_is_refused():
         preprocessor=keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=16))
     with pytest.raises(KftError, match="more than the model's 16 positions"):
         kft.text.generate(gpt2, ["the cat sat on the mat"], max_tokens=12)
+
+
+def test_merging_lora_drops_the_traced_generation_loop(tmp_path):
+    path = write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama_backbone())
+    model = kft.text.causal_lm(path, sequence_length=32)
+    kft.peft.apply_lora(model, rank=4, alpha=8)
+    rng = np.random.default_rng(0)
+    for layer in kft.peft.lora_layers(model):
+        for variable in layer[1].trainable_variables:
+            if "lora_b" in variable.path:
+                variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    unmerged = kft.text.generate(model, PROMPTS, max_tokens=6)
+    kft.peft.merge(model)
+    # Traced before the merge, the loop would add the adapter on top of the merged kernel.
+    assert kft.text.generate(model, PROMPTS, max_tokens=6) == unmerged
