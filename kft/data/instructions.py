@@ -720,10 +720,11 @@ def _cut_to_longest(multiple):
     """A batch's columns past its longest example (rounded up to `multiple`) dropped."""
     import tensorflow as tf
 
+    from kft.models.dynamic_padding import padded_length
+
     def cut(x, y, weights):
-        longest = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
-        width = tf.minimum((longest + multiple - 1) // multiple * multiple,
-                           tf.shape(y)[1])
+        lengths = tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
+        width = padded_length(lengths, tf.shape(y)[1], multiple)
         x = {key: value[:, :width] for key, value in x.items()}
         return x, y[:, :width], weights[:, :width]
 

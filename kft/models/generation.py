@@ -16,10 +16,12 @@ several times slower on CPU.
 """
 
 import math
+import numbers
 
 import numpy as np
 
 from kft.errors import KftError
+from kft.internal.checks import is_number
 from kft.models import chat_format
 
 _LENGTH_STEP = 16
@@ -107,25 +109,23 @@ def _check_options(prompts, max_tokens, temperature, top_p, top_k, batch_size):
         if not isinstance(prompt, str):
             raise KftError(f"Prompt {index} is a {type(prompt).__name__}, not a string.")
     problems = [
-        (isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer))
-         or max_tokens < 1, f"max_tokens must be a whole number >= 1, got {max_tokens!r}."),
-        (temperature is not None and not (_number(temperature) and temperature >= 0),
+        (not _whole(max_tokens), f"max_tokens must be a whole number >= 1, got {max_tokens!r}."),
+        (temperature is not None and not (is_number(temperature) and temperature >= 0),
          f"temperature must be a number >= 0, got {temperature!r}."),
-        (top_p is not None and not (_number(top_p) and 0 < top_p <= 1),
+        (top_p is not None and not (is_number(top_p) and 0 < top_p <= 1),
          f"top_p must be in (0, 1], got {top_p!r}."),
-        (top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                                or top_k < 1),
+        (top_k is not None and not _whole(top_k),
          f"top_k must be a whole number >= 1, got {top_k!r}."),
-        (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-         or batch_size < 1, f"batch_size must be a whole number >= 1, got {batch_size!r}."),
+        (not _whole(batch_size), f"batch_size must be a whole number >= 1, got {batch_size!r}."),
     ]
     for failed, message in problems:
         if failed:
             raise KftError(message)
 
 
-def _number(value):
-    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+def _whole(value):
+    """A whole number >= 1, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _chat_prompt(model, prompt, system_prompt):
