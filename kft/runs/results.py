@@ -76,12 +76,19 @@ def base_model_baseline(recipe, model, data, params, run_dir):
 
 
 def _held_out_perplexity(model, data):
-    scores = {}
-    for name, batches in data.held_out().items():
+    return {name: {"loss": values["loss"],
+                   "perplexity": evaluation.generation.perplexity(values["loss"])}
+            for name, values in _evaluate_held_out(model, data.held_out()).items()}
+
+
+def _evaluate_held_out(model, held_out):
+    """`{set name: {metric: value}}`: the compiled model's metrics on each held-out set."""
+    values = {}
+    for name, batches in held_out.items():
         batches = distribute.distribute_dataset(batches, model.distribute_strategy)
-        loss = float(model.evaluate(batches, verbose=0, return_dict=True)["loss"])
-        scores[name] = {"loss": loss, "perplexity": evaluation.generation.perplexity(loss)}
-    return scores
+        found = model.evaluate(batches, verbose=0, return_dict=True)
+        values[name] = {key: float(value) for key, value in found.items()}
+    return values
 
 
 def _answer_held_out(recipe, model, data, params):
@@ -169,10 +176,8 @@ def final_results(recipe, model, data, stages, stage_rows, state, run_dir, param
     held_out = data.held_out()
     if held_out and not model.compiled:
         compile_for_evaluation(model, recipe)
-    for name, batches in held_out.items():
-        batches = distribute.distribute_dataset(batches, model.distribute_strategy)
-        values = model.evaluate(batches, verbose=0, return_dict=True)
-        metrics["final"].update({f"{_PREFIXES[name]}{key}": float(v) for key, v in values.items()})
+    for name, values in _evaluate_held_out(model, held_out).items():
+        metrics["final"].update({f"{_PREFIXES[name]}{key}": v for key, v in values.items()})
     if data.task == "causal_lm":
         _generation_results(recipe, model, data, params, metrics, run_dir)
     reports = _classification_reports(model, data, held_out, run_dir)
