@@ -133,6 +133,12 @@ class Console:
                       f"BLEU {generated['bleu']:.2f}, ROUGE-L {generated['rouge_l']:.4f}")
         self.line(f"({seconds:.0f}s)")
 
+    def forgetting_before(self, name, probe):
+        """The pretrained model's score on the forgetting reference."""
+        self.heading(f"== Forgetting reference {name}: the pretrained model ==")
+        self.line(f"{_probe_text(probe.measure, probe.value)} on its {probe.split} split "
+                  f"({probe.seconds:.0f}s)")
+
     def run_summary(self, result):
         """The stage table, final metrics, per-class reports and where it all is.
 
@@ -158,6 +164,13 @@ class Console:
                 )
         if "generation" in metrics:
             self.line(generation_table(metrics))
+        forgetting = metrics.get("forgetting")
+        if forgetting:
+            measure = forgetting["measure"]
+            self.line(f"Forgetting ({forgetting['reference']}): "
+                      f"{_probe_text(measure, forgetting['before'])} pretrained, "
+                      f"{_probe_text(measure, forgetting['after'])} fine-tuned "
+                      f"(lost {forgetting['lost']:+.4f})")
         self.line(f"Results in {result.run_dir.path}")
 
     # ---------------------------------------------------------------- search
@@ -488,3 +501,10 @@ def _last_turn(prompt):
     for marker in ("<|im_end|>", "<|im_start|>"):
         text = text.split(marker, 1)[0]
     return " ".join(text.split())
+
+
+def _probe_text(measure, value):
+    """`linear-probe accuracy 0.9410` or `perplexity 23.41`."""
+    if measure == "perplexity":
+        return f"perplexity {value:.2f}"
+    return f"linear-probe accuracy {value:.4f}"

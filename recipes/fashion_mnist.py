@@ -9,9 +9,21 @@ then the top blocks fine-tune at a lower rate with layer-wise decay.
     kft run recipes/fashion_mnist.py
     kft run recipes/fashion_mnist.py --set weights=none    # the random-init baseline
     kft tune recipes/fashion_mnist.py --trials 8           # search the fine-tuning stage
+    kft run recipes/fashion_mnist.py --set forgetting=mnist --set regularize=l2sp:0.01
+        # what fine-tuning costs the backbone on digits, with and without L2-SP
 """
 
 import kft
+
+
+def _forgetting_reference(p):
+    """"mnist": a linear probe on 5,000 MNIST digits before and after (kft.evaluation.forgetting)."""
+    if p.forgetting == "none":
+        return None
+    if p.forgetting != "mnist":
+        raise kft.KftError(f"forgetting must be 'none' or 'mnist', got {p.forgetting!r}.")
+    return kft.data.datasets.mnist.image_data(
+        image_size=p.image_size, batch_size=p.batch_size, seed=p.seed)
 
 recipe = kft.Recipe(
     name="fashion_mnist",
@@ -32,6 +44,8 @@ recipe = kft.Recipe(
         schedule="cosine",
         warmup=0.1,
         cache_features=True,
+        regularize="none",
+        forgetting="none",
         seed=0,
     ),
     data=lambda p: kft.data.datasets.fashion_mnist.image_data(
@@ -48,6 +62,7 @@ recipe = kft.Recipe(
         image_size=p.image_size,
         dropout=p.dropout,
     ),
+    forgetting=lambda p: _forgetting_reference(p),
     stages=lambda p: [
         kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr,
                   cache_features=None if p.cache_features else False),
@@ -59,6 +74,7 @@ recipe = kft.Recipe(
             layer_decay=p.layer_decay,
             schedule=p.schedule,
             warmup=p.warmup,
+            regularize=None if p.regularize == "none" else p.regularize,
         ),
     ],
     search={

@@ -10,6 +10,8 @@ before and after. Like `run_clm` it fine-tunes every weight by default
     kft run recipes/gpt2_domain.py --data corpus.txt                  # gpt2_base_en (online)
     kft run recipes/gpt2_domain.py --data corpus.txt --set model=path/to/gpt2_folder
     kft run recipes/gpt2_domain.py --data corpus.txt --set method=lora --set lr=1e-3
+    kft run recipes/gpt2_domain.py --data corpus.txt --set forgetting=general.txt
+        # perplexity on general text before and after: what the domain cost
     kft generate runs/gpt2_domain-... "The patient was"
 """
 
@@ -22,6 +24,14 @@ def data(p):
                            "(a .txt file, documents separated by blank lines).")
     return kft.data.instructions.load(p.data, validation_split=p.validation_split,
                                       test_split=p.test_split, seed=p.seed,
+                                      batch_size=p.batch_size)
+
+
+def forgetting(p):
+    """General text the run must not forget (a .txt file), scored before and after."""
+    if not p.forgetting:
+        return None
+    return kft.data.instructions.load(p.forgetting, validation_split=0, test_split=0,
                                       batch_size=p.batch_size)
 
 
@@ -62,9 +72,12 @@ recipe = kft.Recipe(
         epochs=3,
         lora_rank=8,
         lora_alpha=16,
+        # A .txt file of general text: its perplexity before and after (forgetting).
+        forgetting="",
         seed=0,
     ),
     data=data,
+    forgetting=forgetting,
     model=model,
     stages=stages,
     monitor="val_loss",

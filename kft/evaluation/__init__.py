@@ -1,7 +1,8 @@
 """Evaluation beyond Keras metrics: per-class reports, confusion matrices,
-entity-level scores for taggers, scores of generated text, baselines."""
+entity-level scores for taggers, scores of generated text, baselines, forgetting."""
 
 from kft.evaluation import entities
+from kft.evaluation import forgetting
 from kft.evaluation import generation
 
 from kft.evaluation.classification import ClassificationReport

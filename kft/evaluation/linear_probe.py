@@ -14,10 +14,12 @@ from kft.evaluation.classification import evaluate
 
 
 def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100,
-                 learning_rate=1e-2, batch_size=256, patience=5, seed=0):
+                 learning_rate=1e-2, batch_size=256, patience=5, seed=0, new_head=False):
     """Trains a new head on frozen features of `model` and reports its metrics.
 
-    Call it before fine-tuning, on the pretrained model.
+    Call it before fine-tuning, on the pretrained model; or with
+    `new_head=True` on another labelled set, to ask how well the model's
+    features still separate that set's classes (`kft.evaluation.forgetting`).
 
     Args:
         model: a classifier with a head (`kft.vision.image_classifier`,
@@ -33,6 +35,9 @@ def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100
         batch_size: feature batch size.
         patience: early-stopping patience in epochs.
         seed: seeds the head's initialisation and the shuffling.
+        new_head: train one softmax layer for `data`'s classes on the
+            features instead of a fresh copy of the model's head (whose
+            output size is the model's classes).
 
     Returns:
         A dict `{"validation": ClassificationReport, "test": ...}` with the
@@ -58,12 +63,17 @@ def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100
 
     train = cached(data.train, shuffle=True)
     held_features = {name: cached(dataset) for name, dataset in held_out.items()}
-    keras.utils.set_random_seed(seed)
-    # clone_model builds new layers from the head's configs: fresh weights.
-    probe = keras.models.clone_model(head)
-    # The clone copies the frozen flags of a model prepared for fine-tuning.
-    for layer in probe.layers:
-        layer.trainable = True
+    if new_head:
+        # Seeded by its initializer: the global random state (a run's dropout and
+        # augmentation streams) is left as it was, so measuring changes no result.
+        probe = _softmax_layer(features, data, seed)
+    else:
+        keras.utils.set_random_seed(seed)
+        # clone_model builds new layers from the head's configs: fresh weights.
+        probe = keras.models.clone_model(head)
+        # The clone copies the frozen flags of a model prepared for fine-tuning.
+        for layer in probe.layers:
+            layer.trainable = True
     probe.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     monitor = held_features.get("validation")
     callbacks = []
@@ -78,3 +88,23 @@ def linear_probe(model, data, loss="sparse_categorical_crossentropy", epochs=100
         name: evaluate(probe, dataset, data.class_names, multi_label)
         for name, dataset in held_features.items()
     }
+
+
+def _softmax_layer(features, data, seed):
+    """A logistic regression on the features: one Dense layer over `data`'s classes
+    (sigmoid for multi-label data), features of any rank averaged to vectors."""
+    inputs = [keras.Input(tuple(tensor.shape[1:]), dtype=tensor.dtype)
+              for tensor in keras.tree.flatten(features.outputs)]
+    if len(inputs) != 1:
+        raise KftError(f"The layers below {features.name!r}'s head give {len(inputs)} "
+                       "tensors; a linear probe reads one.")
+    vectors = inputs[0]
+    if len(vectors.shape) > 2:
+        vectors = keras.layers.GlobalAveragePooling1D()(
+            keras.layers.Reshape((-1, vectors.shape[-1]))(vectors))
+    multi_label = bool(getattr(data, "multi_label", False))
+    outputs = keras.layers.Dense(len(data.class_names),
+                                 activation="sigmoid" if multi_label else "softmax",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed),
+                                 dtype="float32", name="probe")(vectors)
+    return keras.Model(inputs[0], outputs, name="linear_probe")

@@ -131,6 +131,14 @@ class Recipe:
             pretrained model before the stages and report it next to the
             fine-tuned result (`kft.evaluation.linear_probe`), or `None`; or
             `params -> either`.
+        forgetting: `params -> reference data or None`: a set the pretrained
+            model handles well and the run does not train on (labelled data
+            for a classifier, `kft.data.instructions` text for a causal LM).
+            Before the stages and after them kft scores the model on it
+            (`kft.evaluation.forgetting`: a linear probe's accuracy, or
+            perplexity) and reports what fine-tuning lost
+            (`forgetting.json`, `metrics.json`). Reports name it by the
+            recipe's `forgetting` param when it has one, else by its source.
         jit_compile: `model.compile`'s `jit_compile` for every stage: `"auto"`
             (Keras' choice), `True` or `False` (XLA compilation of a
             transformer can take longer than a short run on CPU).
@@ -169,6 +177,7 @@ class Recipe:
     monitor_mode: str = "auto"
     callbacks: Optional[Callable] = None
     baseline: Any = None
+    forgetting: Optional[Callable] = None
     jit_compile: Any = "auto"
     search: Optional[dict] = None
     generation: Any = None
@@ -276,6 +285,23 @@ class Recipe:
                 f"Recipe {self.name!r}: baseline must be 'linear_probe' or None, got {name!r}."
             )
         return "linear_probe" if name == "linear_probe" else None
+
+    def build_forgetting(self, params):
+        """`(name, reference data)` of the forgetting measure for `params`, or `None`."""
+        from kft.data import as_data
+        from kft.data.instructions import InstructionData
+
+        if self.forgetting is None:
+            return None
+        reference = self._call("forgetting", params)
+        if reference is None:
+            return None
+        if not isinstance(reference, InstructionData):
+            reference = as_data(reference)
+        named = getattr(params, "forgetting", None)
+        name = named if isinstance(named, str) and named else \
+            (getattr(reference, "source", "") or "reference")
+        return name, reference
 
     def build_stages(self, params):
         """The recipe's stages for `params`, each a checked `Stage`."""

@@ -13,6 +13,9 @@ ROUGE-L against the reference answers. After the stages the fine-tuned
 model does the same; `metrics.json` holds both, `samples.jsonl` every
 prompt with its reference, base and fine-tuned answers, and
 `generation.json` how prompts are formatted, for `kft generate`.
+
+A recipe with a `forgetting` reference has the model scored on it before
+the stages and after them (`forgetting.json`, `metrics["forgetting"]`).
 """
 
 import json
@@ -25,6 +28,7 @@ from kft.runs.stages import stage_starts
 from kft.training import distribute
 
 BASELINE_FILE = "baseline.json"
+FORGETTING_FILE = "forgetting.json"
 GENERATION_FILE = "generation.json"
 SAMPLES_FILE = "samples.jsonl"
 _PREFIXES = {"validation": "val_", "test": "test_"}
@@ -46,6 +50,43 @@ def linear_probe_baseline(recipe, model, data, params, run_dir):
         **{name: report.as_dict() for name, report in reports.items()},
     })
     return reports, seconds
+
+
+def forgetting_before(recipe, model, forgetting, params, run_dir):
+    """Scores the pretrained model on the forgetting reference, writes `forgetting.json`.
+
+    Args:
+        forgetting: `(name, reference data)` from `Recipe.build_forgetting`.
+
+    Returns:
+        `(name, kft.evaluation.forgetting.Probe)`.
+    """
+    name, reference = forgetting
+    if _is_causal_lm(model) and not model.compiled:
+        compile_for_evaluation(model, recipe)
+    before = evaluation.forgetting.probe(model, reference, seed=int(getattr(params, "seed", 0)))
+    run_dir.write_json(FORGETTING_FILE, {
+        "reference": name, "measure": before.measure, "split": before.split,
+        "before": before.value, "before_seconds": before.seconds})
+    return name, before
+
+
+def _forgetting_after(model, forgetting, params, run_dir, metrics):
+    """Scores the fine-tuned model on the reference; `forgetting.json` gains both scores."""
+    saved = run_dir.read_json(FORGETTING_FILE)
+    after = evaluation.forgetting.probe(model, forgetting[1],
+                                        seed=int(getattr(params, "seed", 0)))
+    before = evaluation.forgetting.Probe(saved["measure"], saved["before"], saved["split"],
+                                         saved["before_seconds"])
+    result = evaluation.forgetting.Forgetting(saved["reference"], before, after).as_dict()
+    run_dir.write_json(FORGETTING_FILE, result)
+    metrics["forgetting"] = result
+
+
+def _is_causal_lm(model):
+    import keras_hub
+
+    return isinstance(model, keras_hub.models.CausalLM)
 
 
 def write_generation_settings(data, run_dir):
@@ -154,7 +195,8 @@ def _generation_results(recipe, model, data, params, metrics, run_dir):
     metrics["generation"]["samples"] = rows[:3]
 
 
-def final_results(recipe, model, data, stages, stage_rows, state, run_dir, params=None):
+def final_results(recipe, model, data, stages, stage_rows, state, run_dir, params=None,
+                  forgetting=None):
     """Evaluates the final model on every held-out set and writes the run's results.
 
     Args:
@@ -167,6 +209,8 @@ def final_results(recipe, model, data, stages, stage_rows, state, run_dir, param
         state: the run's progress (`best` score).
         run_dir: the `RunDirectory`.
         params: the run's params (a causal LM's generation options).
+        forgetting: `(name, reference data)` when the recipe measures
+            forgetting and `forgetting.json` holds the score before.
 
     Returns:
         `(metrics, reports)`: what `metrics.json` holds, and the per-class
@@ -185,6 +229,8 @@ def final_results(recipe, model, data, stages, stage_rows, state, run_dir, param
         metrics["evaluation"] = {name: r.as_dict() for name, r in reports.items()}
     if (run_dir.path / BASELINE_FILE).is_file():
         metrics["baseline"] = run_dir.read_json(BASELINE_FILE)
+    if forgetting is not None and (run_dir.path / FORGETTING_FILE).is_file():
+        _forgetting_after(model, forgetting, params, run_dir, metrics)
     run_dir.write_json("metrics.json", metrics)
     history.plot_curves(
         run_dir.history,

@@ -155,6 +155,7 @@ def _run(recipe, params, strategy, output, resume, out, tracker):
         raise KftError(f"Recipe {recipe.name!r}: every stage has 0 epochs; nothing would train.")
     keras.utils.set_random_seed(int(getattr(params, "seed", 0)))
     data = recipe.build_data(params)
+    forgetting = recipe.build_forgetting(params)
     if resume is not None:
         run_dir = RunDirectory.existing(resume)
         state = run_dir.read_json("state.json")
@@ -179,7 +180,7 @@ def _run(recipe, params, strategy, output, resume, out, tracker):
     try:
         tracker.start(run_dir, recipe, params, stages)
         return _train(recipe, params, data, stages, model, run_dir, state, resumed, out,
-                      tracker)
+                      tracker, forgetting)
     except BaseException as error:
         _record_failure(run_dir, state, error, discard=resume is None, out=out,
                         tracker=tracker)
@@ -209,7 +210,8 @@ def _check_schedules(stages, data, params):
             raise KftError(f"Stage {stage.name!r}: {error}") from None
 
 
-def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tracker):
+def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tracker,
+           forgetting=None):
     if params.precision != "float32":
         out.float32_outputs(precision.float32_outputs(model))
     baseline_done = (run_dir.path / results.BASELINE_FILE).is_file()
@@ -222,6 +224,11 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
         run_dir.write_json("labels.json", list(data.class_names))
         if recipe.baseline_for(params) and not resumed and not baseline_done:
             out.baseline(*results.linear_probe_baseline(recipe, model, data, params, run_dir))
+    if forgetting is not None and not (resumed or
+                                       (run_dir.path / results.FORGETTING_FILE).is_file()):
+        # The pretrained model's score on what the run must not forget.
+        out.forgetting_before(*results.forgetting_before(recipe, model, forgetting, params,
+                                                          run_dir))
 
     starts = stage_plan.stage_starts(stages)
     stage_rows = list(state["stages"])
@@ -255,7 +262,7 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
 
     run_dir.save_model(model, run_dir.final_model)
     metrics, reports = results.final_results(recipe, model, data, stages, stage_rows, state,
-                                             run_dir, params)
+                                             run_dir, params, forgetting)
     # What `kft drift` compares production inputs with (classifiers only).
     store_reference(model, data, run_dir.path, seed=int(getattr(params, "seed", 0)))
     # Before the state says finished: an interrupt while uploading leaves both

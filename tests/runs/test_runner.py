@@ -113,3 +113,44 @@ def test_library_runs_are_quiet_unless_verbose(run_in_tmp, capsys):
     assert capsys.readouterr().out == ""
     _run([Stage("all", epochs=1, train="all", lr=0.05)])
     assert "Summary" in capsys.readouterr().out
+
+
+def test_forgetting_is_scored_before_and_after_and_a_head_stage_forgets_nothing(
+        run_in_tmp, capsys, monkeypatch):
+    from kft.evaluation import forgetting
+
+    probed = []
+
+    def spy(model, reference, seed=0):
+        probed.append((model, forgetting_probe(model, reference, seed)))
+        return probed[-1][1]
+
+    forgetting_probe = forgetting.probe
+    monkeypatch.setattr(forgetting, "probe", spy)
+    x, y = random_images(48)
+    # Brightness classes that overlap: a probe scores well below 1, so equal scores mean
+    # equal features, not two saturated probes.
+    rng = np.random.default_rng(3)
+    labels = np.arange(120) % 3
+    pixels = labels[:, None, None, None] * 12 + rng.integers(0, 40, (120, 1, 1, 1)) \
+        + rng.integers(0, 60, (120, 16, 16, 3))
+    result = runner.run(verbose=True, recipe=Recipe(
+        name="tiny", params={"seed": 0, "forgetting": "shapes"},
+        data=lambda p: images.from_arrays(x, y, batch_size=8, seed=p.seed),
+        model=lambda p, data: tiny_image_model(len(data.class_names)),
+        forgetting=lambda p: images.from_arrays(pixels.astype("uint8"), labels, batch_size=8),
+        stages=lambda p: [Stage("head", epochs=2, train="head", lr=0.05)],
+    ))
+
+    saved = result.run_dir.read_json("forgetting.json")
+    assert saved["reference"] == "shapes" and saved["measure"] == "accuracy"
+    # Scored before the stages, then on the final model.
+    assert [model is result.model for model, _ in probed] == [True, True]
+    assert [score.value for _, score in probed] == [saved["before"], saved["after"]]
+    assert 0.4 < saved["before"] < 0.95
+    # The backbone is bit-identical, so are its features and the seeded probe.
+    assert saved["after"] == saved["before"] and saved["lost"] == 0.0
+    assert result.metrics["forgetting"] == saved
+    printed = capsys.readouterr().out
+    assert "Forgetting reference shapes: the pretrained model" in printed
+    assert "Forgetting (shapes): linear-probe accuracy" in printed

@@ -10,6 +10,7 @@ import kft
 from kft.errors import KftError
 from kft.models.chat_format import DEFAULT_CHAT_TEMPLATE
 from kft.runs import recipe as recipe_module
+from kft.runs.compiling import compile_for_evaluation
 from kft.runs import runner
 from tests.helpers.cli import entry_point
 from tests.helpers.gguf_files import tiny_llama_backbone
@@ -169,16 +170,36 @@ def test_gpt2_domain_recipe_lowers_perplexity_on_real_english(tmp_path):
     # Real review sentences, five to a paragraph: 200 documents.
     corpus = tmp_path / "reviews.txt"
     corpus.write_text("\n\n".join(" ".join(texts[i:i + 5]) for i in range(0, 1000, 5)))
+    # Forgetting is measured on other text: 100 IMDB sentences, ten to a paragraph.
+    imdb, _ = sentiment_sentences.load_rows(("imdb",))
+    general = tmp_path / "general.txt"
+    general.write_text("\n\n".join(" ".join(imdb[i:i + 10]) for i in range(0, 100, 10)))
     model = write_tiny_gpt2_preset(tmp_path / "gpt2")
-    result = runner.run(
-        recipe_module.load(REPO / "recipes" / "gpt2_domain.py"), data=str(corpus),
-        overrides={"model": model, "sequence_length": 32, "batch_size": 16, "epochs": 2,
-                   "lr": 3e-3}, output=str(tmp_path / "runs"), verbose=False)
+    recipe = recipe_module.load(REPO / "recipes" / "gpt2_domain.py")
+    overrides = {"model": model, "sequence_length": 32, "batch_size": 16, "epochs": 2,
+                 "lr": 3e-3, "forgetting": str(general)}
+    result = runner.run(recipe, data=str(corpus), overrides=overrides,
+                        output=str(tmp_path / "runs"), verbose=False)
     run_dir = result.run_dir.path
     metrics, baseline = _json(run_dir, "metrics.json"), _json(run_dir, "baseline.json")
     before, after = baseline["test"]["perplexity"], metrics["final"]["test_perplexity"]
     print(f"held-out perplexity: {before:.1f} before, {after:.1f} after")
     assert after < before / 2
+
+    # The general text's perplexity before is the preset's own, after the tuned model's.
+    forgot = _json(run_dir, "forgetting.json")
+    print(f"general-text perplexity: {forgot['before']:.1f} before, {forgot['after']:.1f} after")
+    assert forgot["measure"] == "perplexity" and forgot["reference"] == str(general)
+    assert metrics["forgetting"]["lost"] == pytest.approx(forgot["after"] - forgot["before"])
+    params = recipe.resolve(overrides, data=str(corpus))
+    fresh = recipe.build_model(params, None)
+    recipe.fit_data(recipe.build_data(params), fresh, params)
+    compile_for_evaluation(fresh, recipe)
+    reference = recipe.build_forgetting(params)[1]
+    assert kft.evaluation.forgetting.perplexity(fresh, reference) == pytest.approx(
+        forgot["before"], rel=1e-4)
+    assert kft.evaluation.forgetting.perplexity(result.model, reference) == pytest.approx(
+        forgot["after"], rel=1e-4)
     # Documents have no prompts: no answers to score, continuations as written.
     assert "generation" not in metrics and not (run_dir / "samples.jsonl").exists()
     assert _json(run_dir, "generation.json")["chat_format"] is False
