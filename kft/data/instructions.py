@@ -59,11 +59,11 @@ class Example:
 
     def as_messages(self, system_prompt=None):
         """The example as chat messages (a pair is one user and one assistant turn)."""
-        if self.messages is not None:
-            messages = [dict(message) for message in self.messages]
-        else:
-            messages = [{"role": "user", "content": self.prompt},
-                        {"role": "assistant", "content": self.response}]
+        from kft.models.chat_format import pair_messages
+
+        if self.messages is None:
+            return pair_messages(self.prompt, self.response, system_prompt)
+        messages = [dict(message) for message in self.messages]
         if system_prompt is not None and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": system_prompt})
         return messages

@@ -31,6 +31,28 @@ DEFAULT_CHAT_TEMPLATE = (
 ROLES = ("system", "user", "assistant")
 
 
+def pair_messages(prompt, response=None, system_prompt=None):
+    """The chat messages of one exchange: `[system?, user, assistant?]`.
+
+    Args:
+        prompt: the user's turn.
+        response: the assistant's turn, or `None` for a prompt to answer.
+        system_prompt: a system turn to put first, or `None`.
+
+    Example:
+    ```python
+    pair_messages("Hi", "Hello!", system_prompt="Be brief.")
+    # [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}]
+    ```
+    """
+    messages = [{"role": "user", "content": prompt}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    if response is not None:
+        messages.append({"role": "assistant", "content": response})
+    return messages
+
+
 def format_chat(tokenizer_or_model, messages, add_generation_prompt=False, chat_template=None,
                 **variables):
     """Renders chat messages with the model's own chat template.

@@ -129,10 +129,8 @@ def _whole(value):
 
 
 def _chat_prompt(model, prompt, system_prompt):
-    messages = [{"role": "user", "content": prompt}]
-    if system_prompt is not None:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return chat_format.format_chat(model, messages, add_generation_prompt=True)
+    return chat_format.format_chat(model, chat_format.pair_messages(prompt, None, system_prompt),
+                                   add_generation_prompt=True)
 
 
 def _token_count(tokenizer, text):

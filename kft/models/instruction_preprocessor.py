@@ -287,15 +287,9 @@ class InstructionCausalLMPreprocessor(keras_hub.models.CausalLMPreprocessor):
         responses.set_shape([None])
         return prompts, responses
 
-    def _messages(self, prompt):
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return messages
-
     def _render_pair(self, prompt, response):
-        messages = self._messages(prompt) + [{"role": "assistant", "content": response}]
-        return chat_format.prompt_and_response(self.tokenizer, messages)
+        return chat_format.prompt_and_response(
+            self.tokenizer, chat_format.pair_messages(prompt, response, self.system_prompt))
 
     def _generate_preprocess_python(self, x, sequence_length=None):
         # keras-hub's version always prepends the start token, whatever
@@ -312,7 +306,9 @@ class InstructionCausalLMPreprocessor(keras_hub.models.CausalLMPreprocessor):
 
     def _render_generation_prompts(self, x):
         def render(prompt):
-            return chat_format.format_chat(self.tokenizer, self._messages(prompt),
+            return chat_format.format_chat(self.tokenizer,
+                                           chat_format.pair_messages(prompt, None,
+                                                                     self.system_prompt),
                                            add_generation_prompt=True)
 
         if isinstance(x, str):
