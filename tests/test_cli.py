@@ -1,4 +1,13 @@
-"""End-to-end tests of the `kft` command, in subprocesses like a user runs it."""
+"""End-to-end tests of the `kft` command.
+
+A run killed with SIGKILL runs as a user's `python -m kft` process: the kill
+ends the process. Every other command runs in this process, through the
+console script's entry point (`tests.helpers.cli.entry_point`, what
+`python -m kft` calls), which parses, runs and reports as the process does
+without its ten seconds of TensorFlow import; the resume after the kill reads
+only what the killed process left on disk. tests/test_cli_failures.py keeps a
+fresh process for the one-line error path.
+"""
 
 import csv
 import json
@@ -7,6 +16,7 @@ import re
 import pytest
 
 from tests.helpers.cli import TINY
+from tests.helpers.cli import entry_point
 from tests.helpers.cli import kft
 from tests.helpers.cli import run_dirs
 from tests.helpers.cli import write_pet_images
@@ -23,6 +33,13 @@ def image_folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def kft_here(tmp_path, monkeypatch, capsys):
+    """`kft ARGS` in this process from tmp_path: `(exit status, stdout, stderr)`."""
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: entry_point(monkeypatch, capsys, *args)
+
+
 def _history(run_dir):
     with open(run_dir / "history.csv") as handle:
         return list(csv.DictReader(handle))
@@ -34,17 +51,16 @@ def _run_dir(output):
 
 
 @pytest.mark.slow
-def test_cats_dogs_recipe_runs_on_a_folder_with_a_corrupt_file(image_folder, tmp_path):
-    result = kft(
+def test_cats_dogs_recipe_runs_on_a_folder_with_a_corrupt_file(image_folder, tmp_path, kft_here):
+    status, stdout, stderr = kft_here(
         "run", str(REPO / "recipes" / "cats_dogs.py"), "--data", str(image_folder),
         "--set", "weights=none", "--set", "image_size=64", "--set", "head_epochs=1",
         "--set", "finetune_epochs=1", "--set", "batch_size=8", "--output", "out",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Skipped 2 unreadable file(s)" in result.stdout
-    assert "Stage 1/2: head" in result.stdout and "Stage 2/2: finetune" in result.stdout
-    assert "Summary" in result.stdout
+    assert status == 0, stderr[-3000:]
+    assert "Skipped 2 unreadable file(s)" in stdout
+    assert "Stage 1/2: head" in stdout and "Stage 2/2: finetune" in stdout
+    assert "Summary" in stdout
     run_dir = _run_dir(tmp_path / "out")
     for name in ("params.json", "labels.json", "history.csv", "model.keras", "metrics.json",
                  "curves.png", "checkpoints/last.keras", "checkpoints/best.keras"):
@@ -57,7 +73,7 @@ def test_cats_dogs_recipe_runs_on_a_folder_with_a_corrupt_file(image_folder, tmp
     assert 0.0 <= metrics["final"]["val_accuracy"] <= 1.0
 
 
-def test_a_run_resumes_after_sigkill(image_folder, tmp_path):
+def test_a_run_resumes_after_sigkill(image_folder, tmp_path, kft_here):
     killed = kft("run", TINY, "--data", str(image_folder), "--output", "out", cwd=tmp_path,
                  env={"KFT_TEST_KILL_AT_EPOCH": "3"})
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -65,9 +81,9 @@ def test_a_run_resumes_after_sigkill(image_folder, tmp_path):
     state = json.loads((run_dir / "state.json").read_text())
     assert state["epoch"] == 3 and state["stage"] == "finetune"
 
-    resumed = kft("run", TINY, "--resume", str(run_dir), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming" in resumed.stdout and "Stage 1/2" not in resumed.stdout
+    status, stdout, stderr = kft_here("run", TINY, "--resume", str(run_dir))
+    assert status == 0, stderr[-3000:]
+    assert "Resuming" in stdout and "Stage 1/2" not in stdout
     rows = _history(run_dir)
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
     assert [row["stage"] for row in rows] == ["head", "head", "finetune", "finetune"]
@@ -75,52 +91,53 @@ def test_a_run_resumes_after_sigkill(image_folder, tmp_path):
     assert (run_dir / "model.keras").is_file()
 
     # The finished run predicts and scores new data.
-    predicted = kft("predict", run_dir, image_folder / "dog", "--top", "2", "--output",
-                    "dogs.csv", cwd=tmp_path)
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    assert "Skipped 1 unreadable file(s)" in predicted.stdout
+    status, stdout, stderr = kft_here("predict", run_dir, image_folder / "dog", "--top", "2",
+                                      "--output", "dogs.csv")
+    assert status == 0, stderr[-3000:]
+    assert "Skipped 1 unreadable file(s)" in stdout
     with open(tmp_path / "dogs.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 and {row["label"] for row in rows} <= {"cat", "dog"}
-    assert all(row["input"] in predicted.stdout for row in rows)
-    scored = kft("evaluate", run_dir, "--data", image_folder, cwd=tmp_path)
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    assert "Recipe metrics: accuracy" in scored.stdout and "24 examples" in scored.stdout
+    assert all(row["input"] in stdout for row in rows)
+    status, stdout, stderr = kft_here("evaluate", run_dir, "--data", image_folder)
+    assert status == 0, stderr[-3000:]
+    assert "Recipe metrics: accuracy" in stdout and "24 examples" in stdout
     (evaluated,) = (run_dir / "evaluations").iterdir()
     assert json.loads((evaluated / "metrics.json").read_text())["skipped"]
     (tmp_path / "notes.txt").write_text("a text\n")
-    wrong = kft("predict", run_dir, "notes.txt", cwd=tmp_path)
-    assert wrong.returncode == 2 and "this run classifies images" in wrong.stderr
-    assert "Traceback" not in wrong.stderr
+    status, _, stderr = kft_here("predict", run_dir, "notes.txt")
+    assert status == 2 and "this run classifies images" in stderr
+    assert "Traceback" not in stderr
 
 
-def test_help_and_info_list_the_recipe_hyperparameters(tmp_path):
+def test_help_and_info_list_the_recipe_hyperparameters(kft_here):
     for args in (["run", TINY, "--help"], ["info", TINY, "--params-only"]):
-        result = kft(*args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert re.search(r"head_epochs +2 +\(int\)", result.stdout)
-        assert re.search(r"finetune_lr +0\.01 +\(float\)", result.stdout)
-        assert re.search(r"strategy +'auto' +\(str\) +run param", result.stdout)
-        assert re.search(r"accumulate +1 +\(int\) +run param", result.stdout)
-    assert "--strategy [auto|one_device|mirrored|multi_worker|tpu]" in kft(
-        "run", "--help", cwd=tmp_path).stdout
+        status, stdout, stderr = kft_here(*args)
+        assert status == 0, stderr
+        assert re.search(r"head_epochs +2 +\(int\)", stdout)
+        assert re.search(r"finetune_lr +0\.01 +\(float\)", stdout)
+        assert re.search(r"strategy +'auto' +\(str\) +run param", stdout)
+        assert re.search(r"accumulate +1 +\(int\) +run param", stdout)
+    status, stdout, _ = kft_here("run", "--help")
+    assert status == 0
+    assert "--strategy [auto|one_device|mirrored|multi_worker|tpu]" in stdout
 
 
-def test_info_shows_groups_and_stage_plan(image_folder, tmp_path):
-    result = kft("info", TINY, "--data", str(image_folder), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Layer groups" in result.stdout
-    assert "1. head" in result.stdout and "2. finetune" in result.stdout
+def test_info_shows_groups_and_stage_plan(image_folder, kft_here):
+    status, stdout, stderr = kft_here("info", TINY, "--data", str(image_folder))
+    assert status == 0, stderr[-3000:]
+    assert "Layer groups" in stdout
+    assert "1. head" in stdout and "2. finetune" in stdout
 
 
-def test_lr_find_writes_a_plot_and_suggests_a_rate(image_folder, tmp_path):
-    result = kft("lr-find", TINY, "--data", str(image_folder), "--stage", "2", "--steps", "15",
-                 "--output", "out", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Suggested learning rate:" in result.stdout
+def test_lr_find_writes_a_plot_and_suggests_a_rate(image_folder, tmp_path, kft_here):
+    status, stdout, stderr = kft_here("lr-find", TINY, "--data", str(image_folder), "--stage",
+                                      "2", "--steps", "15", "--output", "out")
+    assert status == 0, stderr[-3000:]
+    assert "Suggested learning rate:" in stdout
     run_dir = _run_dir(tmp_path / "out")
     assert (run_dir / "lr_find.png").stat().st_size > 1000
     found = json.loads((run_dir / "lr_find.json").read_text())
     assert found["stage"] == "finetune" and 1e-7 <= found["suggestion"] <= 10.0
-    bad = kft("lr-find", TINY, "--data", str(image_folder), "--stage", "3", cwd=tmp_path)
-    assert bad.returncode == 2 and "--stage must be 1..2" in bad.stderr
+    status, _, stderr = kft_here("lr-find", TINY, "--data", str(image_folder), "--stage", "3")
+    assert status == 2 and "--stage must be 1..2" in stderr

@@ -1,9 +1,27 @@
 """What a user sees when things go wrong, walked through the `kft` command.
 
-One fresh process per case, as a user runs it. Every case checks the exit
-status, that stderr holds one message line and no traceback, and what the
-run directory holds afterwards: none at all when the run failed before an
-epoch finished, otherwise consistent checkpoints a `--resume` continues.
+Every case checks the exit status, that stderr holds one message line and no
+traceback, and what the run directory holds afterwards: none at all when the
+run failed before an epoch finished, otherwise consistent checkpoints a
+`--resume` continues.
+
+Most commands run in this process, through the console script's entry point
+(`tests.helpers.cli.entry_point`, what `python -m kft` calls; `sys.stdout` and
+`sys.stderr` captured): a fresh `python -m kft` spends about ten seconds
+importing TensorFlow, and argument, data and recipe-file errors, `KFT_DEBUG`
+(read when the error is reported), a NaN loss, resumes and exports behave the
+same either way. A fresh process, as a user starts it, stays where the
+behaviour needs one:
+
+- one case of the failures-before-training table, the one that trains, so the
+  real process path stays proven: the process's stderr (file descriptor 2, not
+  only `sys.stderr`) holds the message line alone, with TensorFlow's C++
+  start-up lines muted by kft (in this process TensorFlow started before kft,
+  unmuted, so only the fresh process can show it);
+- a full disk: a file-size limit, set by the recipe at an epoch or on the
+  export's process;
+- SIGTERM, which the run sends itself;
+- runs started together, which race for their run directories.
 """
 
 import csv
@@ -21,6 +39,7 @@ import pytest
 from kft import saving
 from tests.helpers.cli import TINY
 from tests.helpers.cli import TINY_TEXT
+from tests.helpers.cli import entry_point
 from tests.helpers.cli import kft
 from tests.helpers.cli import run_dirs
 from tests.helpers.cli import write_pet_images
@@ -90,31 +109,54 @@ FAILURES_BEFORE_TRAINING = [
 ]
 
 
-def _one_error_line(result):
-    """The single message line on stderr (checking there is nothing else)."""
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr[-3000:]
+def _one_error_line(stderr):
+    """The single message line on `stderr` (checking there is nothing else)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("Error: ")
     return lines[0]
+
+
+def _in_process(monkeypatch, capsys, cwd, *args):
+    """`kft ARGS` in this process from folder `cwd`: `(exit status, stdout, stderr)`."""
+    monkeypatch.chdir(cwd)
+    return entry_point(monkeypatch, capsys, *args)
 
 
 @pytest.mark.parametrize("recipe, args, message", [case[1:] for case in FAILURES_BEFORE_TRAINING],
                          ids=[case[0] for case in FAILURES_BEFORE_TRAINING])
 def test_failures_before_training_are_one_line_and_leave_no_run_directory(
-        inputs, tmp_path, recipe, args, message):
+        inputs, tmp_path, monkeypatch, capsys, recipe, args, message):
     (recipe,) = _paths(inputs, [recipe])
-    result = kft("run", recipe, *_paths(inputs, args), "--output", "out", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert message in _one_error_line(result)
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", recipe,
+                                    *_paths(inputs, args), "--output", "out")
+    assert status == 2, stderr[-3000:]
+    assert message in _one_error_line(stderr)
     assert run_dirs(tmp_path / "out") == []
 
 
-def test_kft_debug_shows_the_traceback_behind_the_line(inputs, tmp_path):
-    result = kft("run", inputs / "raises.py", cwd=tmp_path, env={"KFT_DEBUG": "1"})
-    assert result.returncode == 2
-    assert "Traceback" in result.stderr and 'raise ValueError("no labels here")' in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+# The table's case run as a user's process: the one that trains, so TensorFlow
+# both starts and runs before the message.
+(FRESH_PROCESS_CASE,) = [case for case in FAILURES_BEFORE_TRAINING
+                         if case[0] == "infinite loss in the first epoch"]
+
+
+def test_a_failure_before_training_in_a_fresh_process_is_one_line_too(inputs, tmp_path):
+    _, recipe, args, message = FRESH_PROCESS_CASE
+    (recipe,) = _paths(inputs, [recipe])
+    result = kft("run", recipe, *_paths(inputs, args), "--output", "out", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in _one_error_line(result.stderr)
+    assert run_dirs(tmp_path / "out") == []
+
+
+def test_kft_debug_shows_the_traceback_behind_the_line(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KFT_DEBUG", "1")
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", inputs / "raises.py")
+    assert status == 2
+    assert "Traceback" in stderr and 'raise ValueError("no labels here")' in stderr
+    assert stderr.strip().splitlines()[-1].startswith("Error: ")
 
 
 def _strict_json(path):
@@ -138,11 +180,13 @@ def _hidden_files(run_dir):
     return sorted(path.name for path in run_dir.rglob(".*"))
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_finite_epoch(inputs, tmp_path):
-    result = kft("run", TINY, "--data", inputs / "pets", "--set", "finetune_lr=1e30",
-                 "--output", "out", cwd=tmp_path)
-    assert result.returncode == 2
-    message = _one_error_line(result)
+def test_nan_loss_stops_the_run_and_keeps_the_last_finite_epoch(inputs, tmp_path, monkeypatch,
+                                                               capsys):
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", TINY, "--data",
+                                    inputs / "pets", "--set", "finetune_lr=1e30", "--output",
+                                    "out")
+    assert status == 2
+    message = _one_error_line(stderr)
     assert "the loss became nan in stage 'finetune', epoch 3, batch " in message
     assert "keep epoch 2, the last finite weights" in message
     (run_dir,) = run_dirs(tmp_path / "out")
@@ -164,11 +208,12 @@ def _limit_file_size(limit):
     return limit_in_child
 
 
-def test_a_full_disk_fails_one_checkpoint_cleanly_then_resume_and_export(inputs, tmp_path):
+def test_a_full_disk_fails_one_checkpoint_cleanly_then_resume_and_export(inputs, tmp_path,
+                                                                        monkeypatch, capsys):
     full = kft("run", TINY, "--data", inputs / "pets", "--output", "out", cwd=tmp_path,
                env={"KFT_TEST_FILE_LIMIT_AT_EPOCH": f"2:{FILE_LIMIT}"})
     assert full.returncode == 2
-    message = _one_error_line(full)
+    message = _one_error_line(full.stderr)
     (run_dir,) = run_dirs(tmp_path / "out")
     last = run_dir / "checkpoints" / "last.keras"
     printed = run_dir.relative_to(tmp_path)  # as the user named it: --output out
@@ -179,29 +224,33 @@ def test_a_full_disk_fails_one_checkpoint_cleanly_then_resume_and_export(inputs,
     assert state["status"] == "failed" and state["epoch"] == 2
     assert _finite_weights(last)
 
-    resumed = kft("run", TINY, "--resume", run_dir, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", TINY, "--resume",
+                                    run_dir)
+    assert status == 0, stderr[-3000:]
     assert _history_epochs(run_dir) == [0, 1, 2, 3]
     assert _strict_json(run_dir / "state.json")["status"] == "finished"
 
-    again = kft("run", TINY, "--resume", run_dir, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{run_dir} is finished: nothing to resume" in again.stdout
-    assert "Epoch" not in again.stdout and _history_epochs(run_dir) == [0, 1, 2, 3]
+    status, stdout, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", TINY, "--resume",
+                                         run_dir)
+    assert status == 0, stderr[-3000:]
+    assert f"{run_dir} is finished: nothing to resume" in stdout
+    assert "Epoch" not in stdout and _history_epochs(run_dir) == [0, 1, 2, 3]
 
     failed_export = kft("export", run_dir, "--to", "serving", cwd=tmp_path,
                         preexec_fn=_limit_file_size(FILE_LIMIT))
     assert failed_export.returncode == 2
-    message = _one_error_line(failed_export)
+    message = _one_error_line(failed_export.stderr)
     assert "Could not write the export to serving/tiny: File too large; nothing was " \
            "published (the next export takes version 1)." in message
     assert list((tmp_path / "serving" / "tiny").iterdir()) == []
-    exported = kft("export", run_dir, "--to", "serving", cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "export", run_dir, "--to",
+                                    "serving")
+    assert status == 0, stderr[-3000:]
     assert (tmp_path / "serving" / "tiny" / "1" / "saved_model.pb").is_file()
 
 
-def test_sigterm_stops_like_ctrl_c_and_a_changed_recipe_needs_force(inputs, tmp_path):
+def test_sigterm_stops_like_ctrl_c_and_a_changed_recipe_needs_force(inputs, tmp_path,
+                                                                    monkeypatch, capsys):
     recipe = tmp_path / "tiny.py"
     shutil.copyfile(TINY, recipe)
     stopped = kft("run", recipe, "--data", inputs / "pets", "--output", "out", cwd=tmp_path,
@@ -217,13 +266,15 @@ def test_sigterm_stops_like_ctrl_c_and_a_changed_recipe_needs_force(inputs, tmp_
     assert _finite_weights(run_dir / "checkpoints" / "last.keras")
 
     recipe.write_text(recipe.read_text() + "\n# edited after the run started\n")
-    refused = kft("run", recipe, "--resume", run_dir, cwd=tmp_path)
-    assert refused.returncode == 2
-    assert f"{recipe} changed since {run_dir} started" in _one_error_line(refused)
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", recipe, "--resume",
+                                    run_dir)
+    assert status == 2
+    assert f"{recipe} changed since {run_dir} started" in _one_error_line(stderr)
     assert _strict_json(run_dir / "state.json") == state
 
-    forced = kft("run", recipe, "--resume", run_dir, "--force", cwd=tmp_path)
-    assert forced.returncode == 0, forced.stderr[-3000:]
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "run", recipe, "--resume",
+                                    run_dir, "--force")
+    assert status == 0, stderr[-3000:]
     assert _history_epochs(run_dir) == [0, 1, 2, 3]
     assert _strict_json(run_dir / "state.json")["status"] == "finished"
 
