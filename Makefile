@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(BIN)/kft run recipes/fashion_mnist.py
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: $(VENV)/.installed
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
