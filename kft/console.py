@@ -136,8 +136,8 @@ class Console:
     def forgetting_before(self, name, probe):
         """The pretrained model's score on the forgetting reference."""
         self.heading(f"== Forgetting reference {name}: the pretrained model ==")
-        self.line(f"{_probe_text(probe.measure, probe.value)} on its {probe.split} split "
-                  f"({probe.seconds:.0f}s)")
+        where = "all of it" if probe.split == "all" else f"its {probe.split} split"
+        self.line(f"{_probe_text(probe.measure, probe.value)} on {where} ({probe.seconds:.0f}s)")
 
     def run_summary(self, result):
         """The stage table, final metrics, per-class reports and where it all is.
