@@ -13,6 +13,8 @@ model is scored the same way, next to it (`samples.jsonl` holds every answer).
     kft run recipes/support_bot.py                          # English
     kft run recipes/support_bot.py --set language=spanish
     kft run recipes/support_bot.py --data pairs.jsonl       # your prompt/response pairs
+    kft run recipes/support_bot.py --set forgetting=reviews --set regularize=kl:0.1
+        # perplexity on general English before and after, with KL to the base model
     kft generate runs/support_bot-... "My computer will not turn on"
 """
 
@@ -40,6 +42,23 @@ def data(p):
         [folder / f"{name.strip()}.yml" for name in names], skip_malformed=True, **options)
 
 
+def forgetting(p):
+    """General English the assistant must not forget: a .txt file, or "reviews" (the
+    1,000 IMDB sentences of UCI's labelled sentences, ten to a paragraph)."""
+    if not p.forgetting:
+        return None
+    if p.forgetting != "reviews":
+        return kft.data.instructions.load(p.forgetting, validation_split=0, test_split=0,
+                                          batch_size=p.batch_size)
+    from kft.data.instructions import Example, InstructionData
+
+    texts, _ = kft.data.datasets.sentiment_sentences.load_rows(("imdb",))
+    documents = [Example(f"imdb sentences {i + 1}-{i + 10}", text=" ".join(texts[i:i + 10]))
+                 for i in range(0, len(texts), 10)]
+    return InstructionData(kind="text", train=documents, source="imdb sentences",
+                           batch_size=p.batch_size)
+
+
 def model(p, data):
     lm = kft.text.causal_lm(p.model, sequence_length=p.sequence_length)
     # PEFT's defaults for Llama: query and value projections of every block.
@@ -49,7 +68,8 @@ def model(p, data):
 
 def stages(p):
     return [kft.Stage("lora", epochs=p.epochs, train="adapters", lr=p.lr, optimizer="adamw",
-                      weight_decay=p.weight_decay, schedule="linear", warmup=p.warmup)]
+                      weight_decay=p.weight_decay, schedule="linear", warmup=p.warmup,
+                      regularize=None if p.regularize == "none" else p.regularize)]
 
 
 recipe = kft.Recipe(
@@ -76,9 +96,14 @@ recipe = kft.Recipe(
         # Held-out questions answered by the base and the tuned model.
         prompts=24,
         max_tokens=48,
+        # "kl:0.1": KL to the model with its adapters off (no second copy).
+        regularize="none",
+        # "reviews" or a .txt file: its perplexity before and after (forgetting).
+        forgetting="",
         seed=0,
     ),
     data=data,
+    forgetting=forgetting,
     model=model,
     stages=stages,
     monitor="val_loss",
