@@ -54,7 +54,7 @@ def loss_and_metrics(model, recipe):
     response tokens on logits (`kft.text.response_loss`). Its generation
     is greedy unless `kft.text.generate` is told otherwise.
     """
-    if not _is_causal_lm(model):
+    if not is_causal_lm(model):
         return {"loss": recipe.loss, "metrics": list(recipe.metrics)}
     from kft.models.instruction_preprocessor import response_loss
 
@@ -63,7 +63,7 @@ def loss_and_metrics(model, recipe):
             "sampler": "greedy"}
 
 
-def _is_causal_lm(model):
+def is_causal_lm(model):
     import keras_hub
 
     return isinstance(model, keras_hub.models.CausalLM)

@@ -24,6 +24,7 @@ import time
 from kft import evaluation
 from kft.runs import history
 from kft.runs.compiling import compile_for_evaluation
+from kft.runs.compiling import is_causal_lm
 from kft.runs.stages import stage_starts
 from kft.training import distribute
 
@@ -62,7 +63,7 @@ def forgetting_before(recipe, model, forgetting, params, run_dir):
         `(name, kft.evaluation.forgetting.Probe)`.
     """
     name, reference = forgetting
-    if _is_causal_lm(model) and not model.compiled:
+    if is_causal_lm(model) and not model.compiled:
         compile_for_evaluation(model, recipe)
     before = evaluation.forgetting.probe(model, reference, seed=int(getattr(params, "seed", 0)))
     run_dir.write_json(FORGETTING_FILE, {
@@ -81,12 +82,6 @@ def _forgetting_after(model, forgetting, params, run_dir, metrics):
     result = evaluation.forgetting.Forgetting(saved["reference"], before, after).as_dict()
     run_dir.write_json(FORGETTING_FILE, result)
     metrics["forgetting"] = result
-
-
-def _is_causal_lm(model):
-    import keras_hub
-
-    return isinstance(model, keras_hub.models.CausalLM)
 
 
 def write_generation_settings(data, run_dir):
