@@ -109,6 +109,10 @@ class Console:
         self.heading(f"== Stage {index + 1}/{count}: {stage.name} ==")
         self.line(detail)
 
+    def stopped_early(self, stage, epochs, best_epoch):
+        self.line(f"val_loss stopped improving: {stage.name} ended after {epochs} of "
+                  f"{stage.epochs} epochs, with the weights of epoch {best_epoch}")
+
     def cached_features(self, seconds):
         self.line(f"Nothing below the head trains: backbone features computed once "
                   f"({seconds:.0f}s), the head trains on them")

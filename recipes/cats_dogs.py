@@ -19,7 +19,10 @@ recipe = kft.Recipe(
         validation_split=0.2,
         augment=True,
         dropout=0.2,
-        head_epochs=3,
+        # The head trains until val_loss stops improving for head_patience
+        # epochs (at most head_epochs); 0 turns early stopping off.
+        head_epochs=30,
+        head_patience=3,
         lr=1e-3,
         finetune_epochs=3,
         # Backbone layer groups (ResNet stages) unfrozen in the second stage.
@@ -51,6 +54,7 @@ recipe = kft.Recipe(
     ),
     stages=lambda p: [
         kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr,
+                  early_stopping=p.head_patience or None,
                   cache_features=None if p.cache_features else False),
         kft.Stage(
             "finetune",

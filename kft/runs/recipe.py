@@ -65,6 +65,11 @@ class Stage:
             when nothing below the head trains or is random. `None` means
             whenever it is safe.
         callbacks: extra Keras callbacks for this stage.
+        early_stopping: `None`, or a patience in epochs: the stage ends once
+            `val_loss` has not improved for that many epochs, and ends (then
+            or after `epochs`) with the weights of its best `val_loss` epoch.
+            The next stage still starts at this stage's last epoch number,
+            so the history shows the gap and a resumed run lines up.
         regularize: keep what the pretrained model knew during this stage
             (`kft.regularizers`): `"l2sp:ALPHA"` or `"l2sp:ALPHA,BETA"`
             (weights that train pulled towards their values at the stage's
@@ -88,6 +93,7 @@ class Stage:
     train_bn: bool = False
     cache_features: Optional[bool] = None
     callbacks: Sequence[Any] = ()
+    early_stopping: Optional[int] = None
     regularize: Any = None
 
     def __post_init__(self):
@@ -378,6 +384,12 @@ def _stage_problem(stage):
     if isinstance(stage.callbacks, (str, bytes)) or not all(
             callable(getattr(callback, "set_model", None)) for callback in stage.callbacks):
         return f"callbacks must be a list of Keras callbacks, got {stage.callbacks!r}."
+    if stage.early_stopping is not None and (
+            isinstance(stage.early_stopping, bool)
+            or not isinstance(stage.early_stopping, numbers.Integral)
+            or stage.early_stopping < 1):
+        return ("early_stopping must be None or a patience in epochs >= 1, "
+                f"got {stage.early_stopping!r}.")
     return _regularize_problem(stage)
 
 

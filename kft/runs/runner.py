@@ -250,12 +250,26 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
                 # Slots for every variable that may start training mid-fit.
                 freezing.prepare_optimizer(model)
         resumed = False
-        fitted = _fit_stage(recipe, model, data, stage, starts[index], state, run_dir, params,
-                            out, tracker, index=index, mid_stage=mid_stage)
+        fitted, stopper = _fit_stage(recipe, model, data, stage, starts[index], state, run_dir,
+                                     params, out, tracker, index=index, mid_stage=mid_stage)
+        last = -1
+        if stopper is not None and stopper.best_weights is not None:
+            # Early stopping put back the best epoch's weights: report that
+            # epoch, checkpoint those weights and mark the stage done, so the
+            # next stage (and a resume) starts where the plan says.
+            final_epoch = fitted.epoch[-1]
+            last = stopper.best_epoch - final_epoch - 1
+            if stopper.stopped_epoch:
+                out.stopped_early(stage, final_epoch - starts[index] + 1,
+                                  stopper.best_epoch - starts[index] + 1)
+            if stopper.best_epoch != final_epoch:
+                run_dir.save_model(model, run_dir.last_checkpoint)
+            state["epoch"] = starts[index] + stage.epochs
+            run_dir.write_json("state.json", state)
         stage_rows.append({
-            "name": stage.name, "epochs": stage.epochs, "seconds": time.time() - began,
+            "name": stage.name, "epochs": len(fitted.epoch), "seconds": time.time() - began,
             "trainable": trainable,
-            "metrics": {key: values[-1] for key, values in fitted.history.items()},
+            "metrics": {key: values[last] for key, values in fitted.history.items()},
         })
         state["stages"] = stage_rows
         run_dir.write_json("state.json", state)
@@ -323,6 +337,14 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, t
     ]
     callbacks += recipe.build_callbacks(params)
     callbacks += list(stage.callbacks)
+    stopper = None
+    if stage.early_stopping:
+        if data.validation is None:
+            raise KftError(f"Stage {stage.name!r} sets early_stopping={stage.early_stopping}, "
+                           "which watches val_loss, but the data has no validation split.")
+        stopper = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=stage.early_stopping, restore_best_weights=True)
+        callbacks.append(stopper)
     regularizer = regularizing.stage_regularizer(stage)
     needs_backbone = regularizer is not None and regularizer.needs_inputs
     fit_model, train, validation = _cached_head(model, data, stage, params, out, needs_backbone)
@@ -336,7 +358,7 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, t
         checkpoint.model_to_save = model
     strategy = fit_model.distribute_strategy
     train, steps_per_epoch = distribute.repeat_for_epochs(train, strategy)
-    return fit_model.fit(
+    fitted = fit_model.fit(
         distribute.distribute_dataset(train, strategy),
         validation_data=distribute.distribute_dataset(validation, strategy),
         steps_per_epoch=steps_per_epoch,
@@ -348,6 +370,7 @@ def _fit_stage(recipe, model, data, stage, start, state, run_dir, params, out, t
         shuffle=False,
         verbose=_keras_verbosity(out),
     )
+    return fitted, stopper
 
 
 def _cached_head(model, data, stage, params, out, needs_backbone=False):

@@ -136,6 +136,9 @@ def test_shipped_recipes_load_and_resolve_their_defaults(path):
         ({"train_bn": "yes"}, r"train_bn must be True or False"),
         ({"cache_features": "auto"}, r"cache_features must be None, True or False"),
         ({"callbacks": ["not a callback"]}, r"callbacks must be a list of Keras callbacks"),
+        ({"early_stopping": 0}, r"early_stopping must be None or a patience in epochs >= 1, got 0"),
+        ({"early_stopping": 2.5}, r"early_stopping must be None or a patience in epochs >= 1"),
+        ({"early_stopping": True}, r"early_stopping must be None or a patience in epochs >= 1"),
         ({"regularize": "l2sp"}, r"regularize='l2sp' is not a regulariser; use None, "
                                  r'"l2sp:ALPHA", "l2sp:ALPHA,BETA", "kl:WEIGHT", "features:WEIGHT"'),
         ({"regularize": "l2sp:0.01,-1"}, r"regularize='l2sp:0.01,-1' is not a regulariser"),
@@ -160,7 +163,7 @@ def test_bad_stage_settings_fail_when_the_stage_is_made(options, message):
     {"regularize": None}, {"regularize": "l2sp:0.01"}, {"regularize": "l2sp:0.01,0.001"},
     {"regularize": "l2sp:0.01", "cache_features": True},
     {"regularize": "kl:0.1", "cache_features": False}, {"regularize": "features:0.1"},
-    {"regularize": L2SP(alpha=0.1)},
+    {"regularize": L2SP(alpha=0.1)}, {"early_stopping": 3},
 ])
 def test_good_stage_settings_are_accepted(options):
     Stage(**{"name": "head", "epochs": 1, **options})

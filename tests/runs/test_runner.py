@@ -108,6 +108,68 @@ def test_gradual_unfreezing_inside_a_stage_trains_the_backbone_top_down(run_in_t
     np.testing.assert_array_equal(before["block1_conv/kernel"], after["block1_conv/kernel"])
 
 
+def test_early_stopping_ends_a_stage_with_its_best_weights_where_the_plan_says(
+        run_in_tmp, capsys):
+    class _Record(keras.callbacks.Callback):
+        """Weights and val_loss at each epoch end; a rising val_loss from epoch 2 on."""
+
+        def __init__(self):
+            super().__init__()
+            self.weights, self.epochs = [], []
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Overwriting the logged val_loss: epoch 1 (of the stage) is best.
+            logs["val_loss"] = float(abs(epoch - 1))
+            self.epochs.append(epoch)
+            self.weights.append(_weights(self.model))
+
+    class _Checkpointed(keras.callbacks.Callback):
+        """The last checkpoint's weights when the next stage starts (where a resume starts)."""
+
+        def on_train_begin(self, logs=None):
+            (path,) = run_in_tmp.glob("runs/tiny-*/checkpoints/last.keras")
+            self.weights = _weights(keras.saving.load_model(path))
+
+    record, snapshot, checkpointed = _Record(), _Snapshot(), _Checkpointed()
+    result = _run([
+        Stage("head", epochs=10, train="head", lr=0.05, early_stopping=2,
+              callbacks=[record]),
+        Stage("finetune", epochs=1, train="all", lr=0.05, callbacks=[snapshot, checkpointed]),
+    ])
+    # Best at epoch index 1; two epochs without improvement end it after the 4th.
+    assert record.epochs == [0, 1, 2, 3]
+    assert "head ended after 4 of 10 epochs, with the weights of epoch 2" in (
+        capsys.readouterr().out)
+    # The head trained on cached features: `best` holds the head's weights.
+    best = record.weights[1]
+    assert "head_dense/kernel" in best
+    for path, value in best.items():
+        np.testing.assert_array_equal(snapshot.weights[path], value, err_msg=path)
+        np.testing.assert_array_equal(checkpointed.weights[path], value, err_msg=path)
+    assert not np.array_equal(record.weights[3]["head_dense/kernel"], best["head_dense/kernel"])
+    # The next stage starts at its planned epoch (10), the state counts 11.
+    rows = result.metrics["stages"]
+    assert [row["epochs"] for row in rows] == [4, 1]
+    assert rows[0]["metrics"]["val_loss"] == 0.0
+    assert result.run_dir.read_json("state.json")["epoch"] == 11
+    history = result.run_dir.path.joinpath("history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3", "10"]
+
+
+def test_early_stopping_needs_validation_data(run_in_tmp):
+    from kft.errors import KftError
+
+    x, y = random_images(16)
+    with pytest.raises(KftError, match="sets early_stopping=2, which watches val_loss, but "
+                                       "the data has no validation split"):
+        runner.run(verbose=False, recipe=Recipe(
+            name="tiny", params={"seed": 0},
+            data=lambda p: images.from_arrays(x, y, batch_size=8, validation_split=0.0, seed=0),
+            model=lambda p, data: tiny_image_model(len(data.class_names)),
+            stages=lambda p: [Stage("head", epochs=3, train="head", early_stopping=2)],
+        ))
+
+
 def test_library_runs_are_quiet_unless_verbose(run_in_tmp, capsys):
     _run([Stage("all", epochs=1, train="all", lr=0.05)], verbose=False)
     assert capsys.readouterr().out == ""
