@@ -21,6 +21,7 @@ from kft import regularizers
 from kft import saving
 from kft import schedules
 from kft import select
+from kft import suggestion
 from kft import training
 from kft import tuning
 from kft.errors import KftError
@@ -36,5 +37,6 @@ from kft.models import text
 from kft.models import vision
 from kft.runs.recipe import Recipe
 from kft.runs.recipe import Stage
+from kft.suggestion import suggest
 from kft.training import feature_cache  # kft.feature_cache, its path before kft.training
 from kft.training.lr_finder import find_lr

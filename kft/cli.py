@@ -151,6 +151,32 @@ def info(recipe_file, data, overrides, params_only):
     Console().model_plan(inspection.describe(recipe, recipe.resolve(overrides, data=data)))
 
 
+@main.command(cls=_RecipeCommand)
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--data", help="Training data (sets the 'data' param).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--reference", multiple=True, metavar="PATH",
+              help="Images of the pretraining domain (files or folders; repeatable); "
+                   "default: crops of everyday photos from scikit-image and scikit-learn.")
+@click.option("--samples", default=256, show_default=True, type=click.IntRange(min=2),
+              help="Target (and reference) images compared.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False),
+              help="Also write the table and the recommendation to this JSON file.")
+def suggest(recipe_file, data, overrides, reference, samples, json_file):
+    """Recommend how deep to fine-tune RECIPE_FILE's model on its data: each layer
+    group's distance from the pretraining domain and its relative gradient norm."""
+    import pathlib
+
+    from kft.internal.json_text import dumps
+    from kft.runs.suggesting import suggest_for_recipe
+
+    found, _ = suggest_for_recipe(_load(recipe_file), overrides=overrides, data=data,
+                                  reference=list(reference), samples=samples)
+    Console().suggestion(found)
+    if json_file:
+        pathlib.Path(json_file).write_text(dumps(found.as_dict()))
+
+
 @main.command("lr-find", cls=_RecipeCommand)
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 @click.option("--stage", default=1, show_default=True, help="Which stage's trainable selection and optimizer to sweep (1-based).")

@@ -326,6 +326,19 @@ class Console:
         self.line(f"Chosen alpha {found.chosen:g} ({why}): {found.model_file}")
         self.line(f"Results in {found.folder}")
 
+    def suggestion(self, found):
+        """The per-group table of `kft suggest` and its recommendation."""
+        rows = [[group.name, f"{group.distance:.3f}", f"{group.gradient_norm:.2e}",
+                 f"{group.params:,}", "train" if index >= len(found.groups) - found.unfreeze
+                 else "frozen"]
+                for index, group in enumerate(found.groups)]
+        self.line(table(["group", "distance", "rel. grad norm", "params", "suggested"], rows))
+        self.line(f"Distance: linear CKA of each group's pooled features with target vs "
+                  f"reference ({found.samples} images each); far from {found.threshold:.2f}.")
+        self.line(f"Suggested: train the top {found.unfreeze} backbone group(s), from "
+                  f"{found.shallowest} up, and the head: train=\"{found.train}\" "
+                  f"(--set unfreeze={found.unfreeze}), layer_decay={found.layer_decay:g}")
+
     def learning_rate_found(self, result, run_dir):
         self.line(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "
                   f"{result.valley:.2e} (valley)")

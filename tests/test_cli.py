@@ -133,6 +133,29 @@ def test_info_shows_groups_and_stage_plan(image_folder, kft_here):
     assert "1. head" in stdout and "2. finetune" in stdout
 
 
+def test_suggest_prints_the_group_table_and_writes_its_json(image_folder, tmp_path, kft_here):
+    status, stdout, stderr = kft_here("suggest", TINY, "--data", str(image_folder), "--samples",
+                                      "16", "--json", "suggest.json")
+    assert status == 0, stderr[-3000:]
+    found = json.loads((tmp_path / "suggest.json").read_text())
+    names = [group["name"] for group in found["groups"]]
+    assert names == ["group_1", "group_2"]  # the tiny model's backbone, split evenly
+    for name in names:
+        assert re.search(rf"^{name} +0\.\d{{3}} +\d\.\d\de[-+]\d\d +[\d,]+ +(train|frozen)$", stdout,
+                         re.MULTILINE), stdout
+    assert f"train=\"groups:{found['unfreeze'] + 1}\"" in stdout
+    assert f"--set unfreeze={found['unfreeze']}" in stdout and found["samples"] == 16
+    # Its own photos as the reference: near at every depth, so only the top trains.
+    status, stdout, stderr = kft_here("suggest", TINY, "--data", str(image_folder),
+                                      "--reference", str(image_folder), "--json", "near.json")
+    assert status == 0, stderr[-3000:]
+    near = json.loads((tmp_path / "near.json").read_text())
+    assert max(group["distance"] for group in near["groups"]) < 0.1 and near["unfreeze"] == 1
+    status, _, stderr = kft_here("suggest", TINY, "--data", str(image_folder),
+                                 "--reference", str(tmp_path / "missing"))
+    assert status == 2 and "missing does not exist" in stderr
+
+
 def test_lr_find_writes_a_plot_and_suggests_a_rate(image_folder, tmp_path, kft_here):
     status, stdout, stderr = kft_here("lr-find", TINY, "--data", str(image_folder), "--stage",
                                       "2", "--steps", "15", "--output", "out")
