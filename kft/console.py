@@ -334,10 +334,12 @@ class Console:
                 for index, group in enumerate(found.groups)]
         self.line(table(["group", "distance", "rel. grad norm", "params", "suggested"], rows))
         self.line(f"Distance: linear CKA of each group's pooled features with target vs "
-                  f"reference ({found.samples} images each); far from {found.threshold:.2f}.")
-        self.line(f"Suggested: train the top {found.unfreeze} backbone group(s), from "
-                  f"{found.shallowest} up, and the head: train=\"{found.train}\" "
-                  f"(--set unfreeze={found.unfreeze}), layer_decay={found.layer_decay:g}")
+                  f"reference ({found.samples} examples each); far from {found.threshold:.2f}.")
+        self.line(f"Suggested: train the top {found.unfreeze} of {len(found.groups)} backbone "
+                  f"groups ({found.shallowest} up) and the head: "
+                  f"Stage(train=\"{found.train}\", layer_decay={found.layer_decay:g}); "
+                  f"in kft's image recipes --set unfreeze={found.unfreeze} "
+                  f"--set layer_decay={found.layer_decay:g}")
 
     def learning_rate_found(self, result, run_dir):
         self.line(f"Suggested learning rate: {result.suggestion:.2e} (steepest descent), "

@@ -32,8 +32,8 @@ recipe = kft.Recipe(
         layer_decay=0.5,
         schedule="cosine",
         warmup=0.1,
-        # Train the head on backbone features computed once, when that is exact
-        # (it is not with augmentation on: the augmentation is random).
+        # Train the head on backbone features computed once, from the
+        # un-augmented images (augmentation applies when the backbone trains).
         cache_features=True,
         seed=0,
     ),
@@ -55,7 +55,7 @@ recipe = kft.Recipe(
     stages=lambda p: [
         kft.Stage("head", epochs=p.head_epochs, train="head", lr=p.lr,
                   early_stopping=p.head_patience or None,
-                  cache_features=None if p.cache_features else False),
+                  cache_features=bool(p.cache_features)),
         kft.Stage(
             "finetune",
             epochs=p.finetune_epochs,

@@ -143,7 +143,7 @@ def test_suggest_prints_the_group_table_and_writes_its_json(image_folder, tmp_pa
     for name in names:
         assert re.search(rf"^{name} +0\.\d{{3}} +\d\.\d\de[-+]\d\d +[\d,]+ +(train|frozen)$", stdout,
                          re.MULTILINE), stdout
-    assert f"train=\"groups:{found['unfreeze'] + 1}\"" in stdout
+    assert f"Stage(train=\"groups:{found['unfreeze'] + 1}\", layer_decay=" in stdout
     assert f"--set unfreeze={found['unfreeze']}" in stdout and found["samples"] == 16
     # Its own photos as the reference: near at every depth, so only the top trains.
     status, stdout, stderr = kft_here("suggest", TINY, "--data", str(image_folder),

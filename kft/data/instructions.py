@@ -462,6 +462,22 @@ def from_chatterbot(paths_or_folder, validation_split=0.1, test_split=0.1, seed=
     return data
 
 
+def chatterbot_statements(paths_or_folder):
+    """Every statement (questions and answers) of chatterbot-corpus YAML files, in order.
+
+    Malformed conversations are left out.
+
+    Args:
+        paths_or_folder: as for `from_chatterbot`.
+
+    Returns:
+        A list of strings.
+    """
+    return [statement for path in _yaml_files(paths_or_folder)
+            for _, statements in _chatterbot_conversations(path, skipped=[])
+            for statement in statements]
+
+
 def _yaml_files(paths_or_folder):
     items = paths_or_folder if isinstance(paths_or_folder, (list, tuple)) else [paths_or_folder]
     files = []

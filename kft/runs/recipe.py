@@ -61,9 +61,12 @@ class Stage:
         weight_decay: decoupled weight decay (skips biases and norms).
         train_bn: also train BatchNormalization layers that `train` leaves
             frozen, in training mode (fastai's `train_bn`).
-        cache_features: train the head on backbone features computed once
-            when nothing below the head trains or is random. `None` means
-            whenever it is safe.
+        cache_features: train the head on backbone features computed once.
+            `None`: whenever that is exact (nothing below the head trains
+            or draws random numbers). `True`: also with augmentation or
+            dropout below the head, whose features are then those of the
+            un-augmented images (Keras' fast feature extraction); an error
+            when something below the head trains. `False`: never.
         callbacks: extra Keras callbacks for this stage.
         early_stopping: `None`, or a patience in epochs: the stage ends once
             `val_loss` has not improved for that many epochs, and ends (then

@@ -378,7 +378,9 @@ def _cached_head(model, data, stage, params, out, needs_backbone=False):
     (never when the stage's regulariser runs the backbone on each batch)."""
     if stage.cache_features is False or stage_plan.unfreezes_gradually(stage) or needs_backbone:
         return model, data.train, data.validation
-    safe, reason = feature_cache.can_cache(model)
+    # cache_features=True: the head trains on un-augmented features even
+    # when augmentation below it would make caching inexact.
+    safe, reason = feature_cache.can_cache(model, allow_random=stage.cache_features is True)
     if not safe:
         if stage.cache_features:
             raise KftError(f"Stage {stage.name!r} sets cache_features=True, but {reason}")

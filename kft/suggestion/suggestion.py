@@ -9,7 +9,9 @@ import tensorflow as tf
 
 from kft import freezing
 from kft.data.datasets import reference_photos
+from kft.data.datasets import reference_sentences
 from kft.errors import KftError
+from kft.model_tree import is_keras_hub_task
 from kft.suggestion.activations import group_feature_model
 from kft.suggestion.activations import pooled_features
 from kft.suggestion.distance import domain_distance
@@ -135,18 +137,21 @@ def suggest(model, target, reference=None, samples=256, gradient_batches=4, head
 
     Args:
         model: a kft image classifier (a functional model with a `head_*`
-            head and a functional backbone).
-        target: a `tf.data.Dataset` of `(images, labels)` batches (a kft
-            data object's `train`), or an `(images, labels)` pair of arrays.
-        reference: uint8 `[N, H, W, 3]` images of the pretraining domain at
-            the target's size; `None` uses crops of everyday photos
-            (`kft.data.datasets.reference_photos`).
-        samples: target (and reference) images compared.
-        gradient_batches: batches of `batch_size` target images the
+            head and a functional backbone) or text classifier (a keras-hub
+            task; its preprocessor tokenizes the texts).
+        target: a `tf.data.Dataset` of `(images or texts, labels)` batches
+            (a kft data object's `train`), or an `(inputs, labels)` pair of
+            arrays.
+        reference: examples of the pretraining domain: uint8 `[N, H, W, 3]`
+            images at the target's size, or texts; `None` uses crops of
+            everyday photos (`kft.data.datasets.reference_photos`) or
+            general English sentences (`reference_sentences`).
+        samples: target (and reference) examples compared.
+        gradient_batches: batches of `batch_size` target examples the
             gradient norms average over.
         head_epochs: epochs of head fitting before the gradients.
-        batch_size: images per forward pass.
-        seed: seeds the reference crops and the head's initial weights.
+        batch_size: examples per forward pass.
+        seed: seeds the reference sample and the head's initial weights.
 
     Returns:
         A `Suggestion`.
@@ -158,26 +163,32 @@ def suggest(model, target, reference=None, samples=256, gradient_batches=4, head
     print(found.unfreeze, found.layer_decay, [g.distance for g in found.groups])
     ```
     """
-    images, labels = _sample(target, samples)
+    inputs, labels = _sample(target, samples)
+    text = inputs.dtype.kind in "OSU"
     if reference is None:
-        reference = reference_photos.images(images.shape[1:3], count=len(images), seed=seed)
+        reference = (reference_sentences.sentences(len(labels), seed=seed) if text else
+                     reference_photos.images(inputs.shape[1:3], count=len(labels), seed=seed))
     reference = np.asarray(reference)
-    if reference.shape[1:] != images.shape[1:]:
+    if not text and reference.shape[1:] != inputs.shape[1:]:
         raise KftError(f"The reference images are {reference.shape[1:]}, the target's "
-                       f"{images.shape[1:]}; give reference images of the target's size.")
+                       f"{inputs.shape[1:]}; give reference images of the target's size.")
+    # A keras-hub task tokenizes in fit/predict, outside its layer graph.
+    inputs, reference = _preprocessed(model, inputs), _preprocessed(model, reference)
     groups = [g for g in freezing.layer_groups(model) if g.name != "head"]
     features, names = group_feature_model(model, groups)
-    target_features = pooled_features(features, images, batch_size)
+    target_features = pooled_features(features, inputs, batch_size)
     reference_features = pooled_features(features, reference, batch_size)
     distances = [domain_distance(t, r) for t, r in zip(target_features, reference_features)]
 
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
     try:
-        _fit_head(model, images, labels, head_epochs, batch_size, seed)
-        batches = [(images[i:i + batch_size], labels[i:i + batch_size])
-                   for i in range(0, len(images), batch_size)][:gradient_batches]
-        norms = relative_gradient_norms(model, batches, groups)
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not _gives_probabilities(model, inputs))
+        _fit_head(model, inputs, labels, loss, head_epochs, batch_size, seed)
+        batches = [(_rows(inputs, i, i + batch_size), labels[i:i + batch_size])
+                   for i in range(0, len(labels), batch_size)][:gradient_batches]
+        norms = relative_gradient_norms(model, batches, groups, loss=loss)
     finally:
         model.set_weights(weights)
         for layer, trainable in flags:
@@ -185,41 +196,57 @@ def suggest(model, target, reference=None, samples=256, gradient_batches=4, head
     unfreeze, decay, threshold = recommend(distances, norms)
     signals = [GroupSignal(name, distance, norm, group.num_params)
                for name, distance, norm, group in zip(names, distances, norms, groups)]
-    return Suggestion(signals, unfreeze, decay, threshold, len(images))
+    return Suggestion(signals, unfreeze, decay, threshold, len(labels))
 
 
 def _sample(target, samples):
-    """The first `samples` images and labels of `target` as numpy arrays."""
+    """The first `samples` inputs (images or texts) and labels of `target` as numpy arrays."""
     if isinstance(target, tf.data.Dataset):
-        images, labels, count = [], [], 0
-        for batch_images, batch_labels in target:
-            images.append(np.asarray(batch_images))
-            labels.append(np.asarray(batch_labels))
-            count += len(images[-1])
+        inputs, labels, count = [], [], 0
+        for batch in target:
+            inputs.append(np.asarray(batch[0]))
+            labels.append(np.asarray(batch[1]))
+            count += len(labels[-1])
             if count >= samples:
                 break
-        if not images:
+        if not inputs:
             raise KftError("The target data is empty.")
-        images, labels = np.concatenate(images), np.concatenate(labels)
+        inputs, labels = np.concatenate(inputs), np.concatenate(labels)
     else:
-        images, labels = (np.asarray(part) for part in target)
-    if len(images) < 2 or len(images) != len(labels):
-        raise KftError(f"suggest needs at least 2 labelled target images, got {len(images)} "
-                       f"images and {len(labels)} labels.")
-    return images[:samples], labels[:samples]
+        inputs, labels = (np.asarray(part) for part in target)
+    if len(inputs) < 2 or len(inputs) != len(labels):
+        raise KftError(f"suggest needs at least 2 labelled target examples, got {len(inputs)} "
+                       f"inputs and {len(labels)} labels.")
+    return inputs[:samples], labels[:samples]
 
 
-def _fit_head(model, images, labels, epochs, batch_size, seed):
+def _preprocessed(model, inputs):
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None or not is_keras_hub_task(model):
+        return inputs
+    return keras.tree.map_structure(np.asarray, preprocessor(tf.constant(inputs)))
+
+
+def _rows(inputs, start, stop):
+    return keras.tree.map_structure(lambda array: array[start:stop], inputs)
+
+
+def _gives_probabilities(model, inputs):
+    """Whether the outputs are probabilities (kft's heads) or logits (keras-hub's default)."""
+    outputs = keras.ops.convert_to_numpy(model(_rows(inputs, 0, 8), training=False))
+    return bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def _fit_head(model, inputs, labels, loss, epochs, batch_size, seed):
     """Fits only the head on the sample, on cached features where that is exact."""
     freezing.freeze(model)
     freezing.unfreeze(model, select="head")
     keras.utils.set_random_seed(seed)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-    safe, _ = feature_cache.can_cache(model)
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size)
+    safe, _ = feature_cache.can_cache(model, allow_random=True)
     fit_model = model
     if safe:
         features, fit_model = feature_cache.split_at_head(model)
         dataset = feature_cache.cache_features(features, dataset, shuffle=True, seed=seed)
-    fit_model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy())
+    fit_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
     fit_model.fit(dataset, epochs=epochs, shuffle=False, verbose=0)

@@ -32,7 +32,7 @@ from kft.model_tree import is_batch_norm
 from kft.model_tree import layer_tree
 
 
-def can_cache(model):
+def can_cache(model, allow_random=False):
     """Says whether the backbone's outputs can be cached for `model`.
 
     Caching is safe when the model is a functional model with a kft head
@@ -43,6 +43,10 @@ def can_cache(model):
 
     Args:
         model: a Keras model in kft's layout.
+        allow_random: also say yes when layers below the head draw random
+            numbers in training: the features are then computed in inference
+            mode (un-augmented images, no dropout), which is not what
+            training through them would see.
 
     Returns:
         `(True, reason)` or `(False, reason)`; the reason is one sentence
@@ -66,7 +70,7 @@ def can_cache(model):
                 f"layer {path} below the head is trainable; freeze everything below "
                 "the head to cache features."
             )
-        if _is_random(layer):
+        if _is_random(layer) and not allow_random:
             return False, (
                 f"layer {path} ({type(layer).__name__}) below the head draws random "
                 "numbers in training (augmentation, dropout or noise); turn it off "

@@ -156,6 +156,25 @@ def test_early_stopping_ends_a_stage_with_its_best_weights_where_the_plan_says(
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3", "10"]
 
 
+def test_cache_features_true_trains_the_head_on_un_augmented_features(run_in_tmp, capsys):
+    from tests.helpers.tiny_models import tiny_classifier
+
+    x, y = random_images(48)
+    snapshot = _Snapshot()
+    result = runner.run(Recipe(
+        name="tiny", params={"seed": 0},
+        data=lambda p: images.from_arrays(x, y, batch_size=8, seed=0),
+        model=lambda p, data: tiny_classifier(augment=True),
+        stages=lambda p: [Stage("head", epochs=2, train="head", lr=0.05, cache_features=True,
+                                callbacks=[snapshot])],
+    ))
+    assert "backbone features computed once" in capsys.readouterr().out
+    # The head fitted a head-only model: its inputs are pooled features.
+    assert set(snapshot.weights) == {"head_dense/kernel", "head_dense/bias"}
+    assert not np.array_equal(snapshot.weights["head_dense/kernel"],
+                              _weights(result.model)["head_dense/kernel"])
+
+
 def test_early_stopping_needs_validation_data(run_in_tmp):
     from kft.errors import KftError
 

@@ -110,6 +110,16 @@ def test_can_cache_refuses_with_the_reason(build, fragment):
     assert fragment in reason
 
 
+@pytest.mark.parametrize("build, ok_with_random", [
+    (lambda: _frozen_backbone_model(augment=True), True),
+    (lambda: _frozen_backbone_model(backbone_dropout=0.2), True),
+    (lambda: tiny_classifier(), False),
+    (lambda: _train_bn_model(), False),
+])
+def test_allow_random_overlooks_only_randomness(build, ok_with_random):
+    assert can_cache(build(), allow_random=True)[0] is ok_with_random
+
+
 def _train_bn_model():
     model = tiny_classifier()
     freeze(model, "name:^backbone$", train_bn=True)
