@@ -334,7 +334,8 @@ class Console:
                 for index, group in enumerate(found.groups)]
         self.line(table(["group", "distance", "rel. grad norm", "params", "suggested"], rows))
         self.line(f"Distance: linear CKA of each group's pooled features with target vs "
-                  f"reference ({found.samples} examples each); far from {found.threshold:.2f}.")
+                  f"reference ({found.samples} target and {found.reference_samples} reference "
+                  f"examples); far from {found.threshold:.2f}.")
         self.line(f"Suggested: train the top {found.unfreeze} of {len(found.groups)} backbone "
                   f"groups ({found.shallowest} up) and the head: "
                   f"Stage(train=\"{found.train}\", layer_decay={found.layer_decay:g}); "

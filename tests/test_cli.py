@@ -156,6 +156,27 @@ def test_suggest_prints_the_group_table_and_writes_its_json(image_folder, tmp_pa
     assert status == 2 and "missing does not exist" in stderr
 
 
+def test_suggest_on_a_text_recipe_reads_a_reference_text_file(tiny_bert_dir, tmp_path, kft_here):
+    from tests.helpers.cli import TINY_TEXT
+
+    rows = [("the phone broke at once", "neg"), ("great sound and battery", "pos")] * 8
+    (tmp_path / "reviews.csv").write_text(
+        "text,label\n" + "".join(f"{text} {i},{label}\n" for i, (text, label) in enumerate(rows)))
+    (tmp_path / "general.txt").write_text("the weather is fine today\nwe went to the market\n")
+    status, stdout, stderr = kft_here("suggest", TINY_TEXT, "--data", "reviews.csv", "--set",
+                                      f"model={tiny_bert_dir}", "--reference", "general.txt",
+                                      "--json", "text.json")
+    assert status == 0, stderr[-3000:]
+    found = json.loads((tmp_path / "text.json").read_text())
+    assert [g["name"] for g in found["groups"]] == [
+        "embeddings", "transformer_layer_0", "transformer_layer_1", "pooler"]
+    # The 8 training rows (16, less a quarter each for validation and test) against 2 lines.
+    assert "(8 target and 2 reference examples)" in stdout
+    status, _, stderr = kft_here("suggest", TINY_TEXT, "--data", "reviews.csv", "--set",
+                                 f"model={tiny_bert_dir}", "--reference", "reviews.png")
+    assert status == 2 and "reviews.png does not exist" in stderr
+
+
 def test_lr_find_writes_a_plot_and_suggests_a_rate(image_folder, tmp_path, kft_here):
     status, stdout, stderr = kft_here("lr-find", TINY, "--data", str(image_folder), "--stage",
                                       "2", "--steps", "15", "--output", "out")

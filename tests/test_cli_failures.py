@@ -38,6 +38,7 @@ import pytest
 
 from kft import saving
 from tests.helpers.cli import TINY
+from tests.helpers.cli import RECIPES
 from tests.helpers.cli import TINY_TEXT
 from tests.helpers.cli import entry_point
 from tests.helpers.cli import kft
@@ -58,9 +59,9 @@ def inputs(tmp_path_factory):
     (root / "empty").mkdir()
     (root / "one_row.csv").write_text("text,label\ngreat phone,pos\n")
     (root / "two_rows.csv").write_text("text,label\ngreat phone,pos\nbroke at once,neg\n")
-    (root / "sentences.csv").write_text("text,label\n" + "".join(
-        f"{text} {index},{label}\n" for index in range(6)
-        for text, label in (("great phone", "pos"), ("broke at once", "neg"))))
+    (root / "pairs.jsonl").write_text("".join(
+        f'{{"prompt": "question {index}", "response": "answer {index}"}}\n'
+        for index in range(10)))
     (root / "broken.csv").write_text("text,label\ngood,pos\nbad,neg,extra\n")
     (root / "raises.py").write_text(textwrap.dedent("""\
         import kft
@@ -127,12 +128,13 @@ def _in_process(monkeypatch, capsys, cwd, *args):
     return entry_point(monkeypatch, capsys, *args)
 
 
-def test_suggest_refuses_a_text_recipe_in_one_line(inputs, tmp_path, monkeypatch, capsys):
-    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "suggest", TINY_TEXT,
-                                    "--data", str(inputs / "sentences.csv"))
+def test_suggest_refuses_a_causal_lm_recipe_in_one_line(inputs, tmp_path, monkeypatch, capsys):
+    recipe = RECIPES / "tiny_causal_lm.py"
+    status, _, stderr = _in_process(monkeypatch, capsys, tmp_path, "suggest", recipe,
+                                    "--data", str(inputs / "pairs.jsonl"))
     assert status == 2, stderr[-3000:]
-    assert "kft suggest measures image classifiers; recipe 'tiny_text' is not one." in (
-        _one_error_line(stderr))
+    assert ("kft suggest measures image and text classifiers; recipe 'tiny_causal_lm' is "
+            "not one.") in _one_error_line(stderr)
 
 
 @pytest.mark.parametrize("recipe, args, message", [case[1:] for case in FAILURES_BEFORE_TRAINING],

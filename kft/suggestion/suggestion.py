@@ -55,7 +55,8 @@ class Suggestion:
             recipes' `unfreeze` param); the head trains too.
         layer_decay: the recommended `Stage(layer_decay=...)`.
         threshold: the distance from which a group counts as far.
-        samples: target and reference examples compared.
+        samples: target examples compared.
+        reference_samples: reference examples compared.
     """
 
     groups: list
@@ -63,6 +64,7 @@ class Suggestion:
     layer_decay: float
     threshold: float
     samples: int
+    reference_samples: int
 
     @property
     def train(self):
@@ -77,6 +79,7 @@ class Suggestion:
     def as_dict(self):
         return {"unfreeze": self.unfreeze, "train": self.train, "layer_decay": self.layer_decay,
                 "threshold": self.threshold, "samples": self.samples,
+                "reference_samples": self.reference_samples,
                 "groups": [dataclasses.asdict(group) for group in self.groups]}
 
 
@@ -196,7 +199,8 @@ def suggest(model, target, reference=None, samples=256, gradient_batches=4, head
     unfreeze, decay, threshold = recommend(distances, norms)
     signals = [GroupSignal(name, distance, norm, group.num_params)
                for name, distance, norm, group in zip(names, distances, norms, groups)]
-    return Suggestion(signals, unfreeze, decay, threshold, len(labels))
+    return Suggestion(signals, unfreeze, decay, threshold, len(labels),
+                      len(reference_features[0]))
 
 
 def _sample(target, samples):
