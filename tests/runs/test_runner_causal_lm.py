@@ -256,3 +256,66 @@ def test_lr_find_sweeps_a_causal_lm_recipe(files, tmp_path):
                                          end_lr=1.0)
     assert len(result.lrs) == len(result.losses) > 0
     assert (run_dir.path / "lr_find.png").is_file()
+
+
+def _recipe_with(**changes):
+    import dataclasses
+
+    return dataclasses.replace(recipe_module.load(RECIPE), **changes)
+
+
+def _drift_from_base(model, prompts):
+    """Mean absolute change of the next-token log-probabilities that the adapters make."""
+    import keras
+
+    x, _, _ = model.preprocessor(prompts)
+    tuned = keras.ops.log_softmax(model(x, training=False), axis=-1)
+    with kft.peft.without_adapters(model):
+        base = keras.ops.log_softmax(model(x, training=False), axis=-1)
+    return float(np.mean(np.abs(keras.ops.convert_to_numpy(tuned - base))))
+
+
+@pytest.mark.slow
+def test_kl_keeps_a_lora_run_closer_to_its_base_model(files):
+    root, overrides = files
+    drift = {}
+    for name, regularize in (("plain", None), ("kl", "kl:1.0")):
+        recipe = _recipe_with(stages=lambda p, r=regularize: [
+            kft.Stage("tune", epochs=3, train="adapters", lr=0.03, regularize=r)])
+        result = runner.run(recipe, overrides=overrides, output=str(root / f"kl-{name}"),
+                            verbose=False)
+        history = (result.run_dir.path / "history.csv").read_text().splitlines()
+        assert ("kl_penalty" in history[0]) == (name == "kl")
+        drift[name] = _drift_from_base(result.model, ["Hello cat", "the mat on"])
+        assert np.isfinite(result.metrics["final"]["val_loss"])
+    assert 0 < drift["kl"] < 0.7 * drift["plain"], drift
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_run_trains_scores_and_reloads(files):
+    root, overrides = files
+    result = runner.run(recipe_module.load(RECIPE),
+                        overrides={**overrides, "precision": "mixed_bfloat16", "epochs": 1},
+                        output=str(root / "mixed"), verbose=False)
+    assert result.run_dir.read_json("params.json")["precision"] == "mixed_bfloat16"
+    final = result.metrics["final"]
+    assert np.isfinite(final["test_perplexity"]) and final["test_perplexity"] > 1, final
+    reloaded = kft.saving.load_model(result.run_dir.final_model)
+    x, _, _ = reloaded.preprocessor(["Hello cat"])
+    np.testing.assert_allclose(reloaded(x), result.model(x), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_kft_tune_searches_a_causal_lm_recipe_on_val_loss(files):
+    from kft import tuning
+
+    root, overrides = files
+    recipe = _recipe_with(search={"lr": tuning.LogUniform(1e-3, 3e-2)})
+    found = tuning.tune(recipe, trials=2, overrides={**overrides, "epochs": 1}, seed=1,
+                        output=str(root / "tune"), verbose=False)
+    assert [row.status for row in found.trials] == ["completed", "completed"]
+    scores = [row.score for row in found.trials]
+    assert all(np.isfinite(score) for score in scores)
+    # The objective is the recipe's monitor, val_loss: the best trial has the lowest.
+    assert found.best.score == min(scores)
+    assert 1e-3 <= found.best_params["lr"] <= 3e-2
