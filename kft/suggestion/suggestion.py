@@ -136,7 +136,10 @@ def suggest(model, target, reference=None, samples=256, gradient_batches=4, head
     measures the relative gradient norm of the target loss (a head is first
     fitted for `head_epochs` on the frozen features of the sample, so the
     gradients say what the task wants of the backbone, not of a random
-    head). The model's weights and trainable flags are put back afterwards.
+    head). The model's weights and trainable flags are put back afterwards;
+    where features cannot be cached (something random or trainable below
+    the head) the head fit compiles the model itself, so compile it again
+    before training.
 
     Args:
         model: a kft image classifier (a functional model with a `head_*`
