@@ -54,6 +54,7 @@ def _instances(tiny_bert_dir):
         "OneCycle": schedules.OneCycle(0.01, 100),
         "PerUpdateSchedule": schedules.PerUpdateSchedule(warmup, 2),
         "PrefixPadding": kft.layers.PrefixPadding(2),
+        "ResponseLoss": kft.text.response_loss(),
         "SlantedTriangular": schedules.SlantedTriangular(0.01, 100),
         "SoftPrompt": kft.layers.SoftPrompt(2),
         "TokenClassifier": kft.text.token_classifier(

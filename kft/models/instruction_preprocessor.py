@@ -373,17 +373,61 @@ def use_instruction_preprocessor(model, train_on_prompt=False, apply_chat_templa
     return model
 
 
+@keras.saving.register_keras_serializable(package="kft")
+class ResponseLoss(keras.losses.Loss):
+    """Cross-entropy on logits, averaged over the weighted tokens of the global batch.
+
+    Under a strategy with several replicas, Keras averages each replica's
+    loss: with a mean over each replica's own response tokens, a replica
+    holding few of them would weigh as much as one holding many, and two
+    replicas would train differently from one. This loss divides each
+    replica's weighted sum by the weight of the whole global batch (one
+    all-reduce of a scalar), so the summed gradients are those of one device
+    exactly; on one device it is `sum(w * loss) / sum(w)`.
+
+    Args:
+        name: the loss' name.
+    """
+
+    def __init__(self, name="response_loss", **kwargs):
+        kwargs.pop("reduction", None)
+        # "sum" is the one reduction Keras does not divide by the replicas.
+        super().__init__(name=name, reduction="sum", **kwargs)
+
+    def call(self, y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        total = super().__call__(y_true, y_pred, sample_weight)
+        if sample_weight is None:
+            count = keras.ops.cast(keras.ops.size(y_true), total.dtype)
+        else:
+            count = keras.ops.cast(keras.ops.sum(sample_weight), total.dtype)
+        return keras.ops.divide_no_nan(total, _global_sum(count))
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def _global_sum(value):
+    """`value` summed over the replicas of the current strategy (itself on one device)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
 def response_loss():
     """The causal-LM loss as a mean over weighted (response) tokens.
 
     keras-hub's default divides the weighted sum by every position of the
     batch (Keras' `"sum_over_batch_size"`); this one divides by the sum of
     the weights, so each response token counts the same whatever the
-    prompt and padding lengths around it.
+    prompt and padding lengths around it, and whatever replica it lands on
+    (`ResponseLoss`).
 
     Returns:
-        `keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-        reduction="mean_with_sample_weight")`.
+        A `ResponseLoss`.
 
     Example:
     ```python
@@ -391,8 +435,7 @@ def response_loss():
                   weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()])
     ```
     """
-    return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction="mean_with_sample_weight")
+    return ResponseLoss()
 
 
 def _constant_rows(value, rows, present):

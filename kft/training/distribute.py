@@ -76,6 +76,7 @@ def _create(name):
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
+        mend_keras_for_multi_worker()  # the build-batch mend (1.) applies here too
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multi_worker":
@@ -237,7 +238,7 @@ def _tpu_strategy():
 
 
 # Keras mends. Each is applied only to the Keras versions it was checked on
-# and changes behaviour only under a multi-worker strategy.
+# and changes behaviour only under a strategy with several replicas.
 
 # keras-team/keras#20585 and the scalar reduction after it: both in Keras
 # 3.0's TensorFlow trainer, checked on 3.15. Raise the upper bound after the
@@ -260,17 +261,20 @@ def mend_keras_for_multi_worker():
     1. `TensorFlowTrainer._maybe_symbolic_build` builds the model from one
        batch it obtains with `strategy.reduce("MEAN", batch, axis=None)`;
        under multi-worker collectives that fails ("Attempt to convert a
-       value (PerReplica ...) with an unsupported type to a Tensor").
+       value (PerReplica ...) with an unsupported type to a Tensor"), and
+       under any strategy it fails on a batch holding booleans (a causal
+       LM's `padding_mask`: "Value for attr 'T' of bool" in `AddN`).
        Building needs only shapes and dtypes, so the mend takes this
-       worker's first replica's batch.
+       worker's first replica's batch under every strategy with replicas
+       (`strategy_from_name` applies it for `mirrored` too).
     2. `reduce_per_replica(..., "mean")` reduces every metric with
        `strategy.reduce("MEAN", value, axis=0)`; the metrics are scalars,
        which have no axis 0 ("Invalid reduction dimension 0 for input with
-       0 dimensions"). The mend reduces scalars with `axis=None`.
+       0 dimensions"). The mend reduces scalars with `axis=None`, under a
+       multi-worker strategy only.
 
-    Both mends leave every other strategy on Keras' own code. Applied once
-    per process; a Keras outside the checked versions is left alone with a
-    warning.
+    Applied once per process; a Keras outside the checked versions is left
+    alone with a warning.
     """
     if not keras_needs_mends():
         import warnings
@@ -289,7 +293,7 @@ def mend_keras_for_multi_worker():
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
-        if iterator is None or strategy is None or not _is_multi_worker(strategy):
+        if iterator is None or strategy is None or strategy.num_replicas_in_sync == 1:
             return stock_build(self, iterator=iterator, data_batch=data_batch)
         for _, _, it in iterator:
             data_batch = tf.nest.map_structure(
