@@ -14,7 +14,7 @@ Strategies by name (`kft run --strategy NAME`, or the `strategy` param):
 - `"mirrored"`: every local GPU (or, without GPUs, every logical CPU).
 - `"multi_worker"`: `MultiWorkerMirroredStrategy` over the cluster that
   `TF_CONFIG` describes, with the mends Keras 3's `fit` needs (see
-  `mend_keras_for_multi_worker`).
+  `mend_keras_for_strategies`).
 - `"tpu"`: `TPUStrategy` on the TPU `TPU_NAME` names (or the local TPU VM).
 
 Multi-worker training must create its strategy before TensorFlow's runtime
@@ -76,7 +76,7 @@ def _create(name):
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
-        mend_keras_for_multi_worker()  # the build-batch mend (1.) applies here too
+        mend_keras_for_strategies()
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multi_worker":
@@ -210,7 +210,7 @@ def _multi_worker_strategy():
             "Strategy 'multi_worker' needs TF_CONFIG describing the cluster and this "
             "worker's task; see the README's 'Several machines' section."
         )
-    mend_keras_for_multi_worker()
+    mend_keras_for_strategies()
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as error:
@@ -254,8 +254,9 @@ def keras_needs_mends(version=None):
 
 
 @functools.cache
-def mend_keras_for_multi_worker():
-    """Lets Keras 3's TensorFlow `fit` train under `MultiWorkerMirroredStrategy`.
+def mend_keras_for_strategies():
+    """Lets Keras 3's TensorFlow `fit` train under `MultiWorkerMirroredStrategy`,
+    and build a model from batches holding booleans under `MirroredStrategy`.
 
     Two defects stop it (keras-team/keras#20585):
     1. `TensorFlowTrainer._maybe_symbolic_build` builds the model from one
