@@ -264,8 +264,7 @@ def _train(recipe, params, data, stages, model, run_dir, state, resumed, out, tr
                                   stopper.best_epoch - starts[index] + 1)
             if stopper.best_epoch != final_epoch:
                 run_dir.save_model(model, run_dir.last_checkpoint)
-            state["epoch"] = starts[index] + stage.epochs
-            run_dir.write_json("state.json", state)
+            state["epoch"] = starts[index] + stage.epochs  # written with the stage row below
         stage_rows.append({
             "name": stage.name, "epochs": len(fitted.epoch), "seconds": time.time() - began,
             "trainable": trainable,
